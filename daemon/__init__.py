@@ -1,0 +1,1 @@
+"""The pynydusd service: CLI, config, FUSE operations, backends, fetcher, cache, API."""

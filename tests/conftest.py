@@ -1,0 +1,24 @@
+"""Shared test fixtures: where the real upstream images are, and skip rules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures" / "nydus"
+
+
+@pytest.fixture(scope="session")
+def nydus_fixtures() -> Path:
+    """The real images written by upstream nydus-image (../shared/fixtures/nydus)."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"real nydus images not found at {SHARED_FIXTURES} (../shared is absent)")
+    return SHARED_FIXTURES
+
+
+def need_root(reason: str = "needs root") -> None:
+    if os.geteuid() != 0:
+        pytest.skip(reason)

@@ -1,0 +1,1 @@
+"""Command-line programs beyond the daemon: image builder and inspector, blob server, bench."""
