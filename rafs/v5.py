@@ -116,6 +116,7 @@ class V5Image(Image):
         self.blobs = self._read_blobs()
         self.prefetch = self._read_prefetch()
         self.root_ino = 1
+        self._legacy_check()
         root = self._record(1)
         if not stat.S_ISDIR(root.mode):
             raise RafsError("root inode is not a directory", structure="inode", field="i_mode",
@@ -253,7 +254,6 @@ class V5Image(Image):
         name = b.bytes(pos, name_size, "inode", "name")
         if index == 1:
             if name != b"/":
-                self._legacy_check(off)
                 raise RafsError("root inode name is not '/'", structure="inode", field="name",
                                 value=name[:64], offset=pos)
         else:
@@ -289,10 +289,13 @@ class V5Image(Image):
             raise RafsError(f"file of {size} bytes cannot have {count} chunks", structure="inode",
                             field="i_child_count", value=count, offset=off + 96)
 
-    def _legacy_check(self, off: int) -> None:
-        mode = self.buf.u32(off + 52, "inode", "legacy mode")
-        name_size = self.buf.u16(off + 96, "inode", "legacy name size")
-        if stat.S_ISDIR(mode) and name_size:
+    def _legacy_check(self) -> None:
+        """Reject the pre-release inode layout (rafs-format.md 3.13), detected on the root record."""
+        off = self.buf.u32(self._itable_off, "inode table", "entry[0]") * 8
+        mode = self.buf.u32(off + 60, "inode", "i_mode")
+        legacy_mode = self.buf.u32(off + 52, "inode", "legacy mode")
+        legacy_name_size = self.buf.u16(off + 96, "inode", "legacy name size")
+        if not stat.S_ISDIR(mode) and stat.S_ISDIR(legacy_mode) and legacy_name_size:
             raise UnsupportedImageError(
                 "legacy pre-release v5 inode layout",
                 "this bootstrap predates the public RAFS v5 format (rafs-format.md 3.13)")

@@ -8,7 +8,6 @@ import sys
 
 # subcommand -> module exposing configure(parser) and run(args) -> int
 SUBCOMMANDS = {
-    "create": ("tools.create_cmd", "build a RAFS v5/v6 image from a directory or a tar stream"),
     "inspect": ("tools.inspect_cmd", "print an image's tree, or verify every chunk"),
 }
 
