@@ -36,6 +36,7 @@ def open_image(path: str | os.PathLike) -> Image:
 
         image = open_inline_bootstrap(buf, path)
         if image is not None:
+            data.close()  # the inlined bootstrap was copied out of the blob
             return image
     except BaseException:
         data.close()

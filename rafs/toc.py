@@ -81,26 +81,33 @@ def extract_entry(entry: TocEntry, read: Callable[[int, int], bytes], blob_size:
     return data
 
 
-def open_inline_bootstrap(buf: Buf, path: str) -> Image | None:
-    """Open the bootstrap stored inside blob file `path`, or None if it carries none."""
-    size = buf.size
-
-    def read(off: int, n: int) -> bytes:
-        return buf.bytes(off, n, "blob")
-
+def inline_bootstrap(read: Callable[[int, int], bytes], size: int) -> bytes | None:
+    """The bootstrap bytes a blob carries (via its ToC, or the older raw `image.boot`), or None."""
     entries = read_toc(read, size)
-    boot = None
     if entries is not None:
         for e in entries:
             if e.name == BOOT_NAME:
-                boot = extract_entry(e, read, size)
-                break
-    else:
-        hdr = tar_header(read(size - TAR_BLOCK, TAR_BLOCK)) if size >= TAR_BLOCK else None
-        if hdr is not None and hdr[0] == BOOT_NAME and hdr[1] <= size - TAR_BLOCK:
-            boot = read(size - TAR_BLOCK - hdr[1], hdr[1])
+                return extract_entry(e, read, size)
+        return None
+    hdr = tar_header(read(size - TAR_BLOCK, TAR_BLOCK)) if size >= TAR_BLOCK else None
+    if hdr is not None and hdr[0] == BOOT_NAME and hdr[1] <= size - TAR_BLOCK:
+        return read(size - TAR_BLOCK - hdr[1], hdr[1])
+    return None
+
+
+def open_inline_bootstrap(buf: Buf, path: str) -> Image | None:
+    """Open the bootstrap stored inside blob file `path`, or None if it carries none.
+
+    The placeholder blob id of the inlined bootstrap is replaced by the file's own name, and the
+    blob's ci table is attached from the same file.
+    """
+    def read(off: int, n: int) -> bytes:
+        return buf.bytes(off, n, "blob")
+
+    boot = inline_bootstrap(read, buf.size)
     if boot is None:
         return None
+    from .blobmeta import read_ci_table
     from .v6 import V6_MAGIC, V6Image
 
     boot_buf = Buf(boot, "inlined bootstrap")
@@ -108,9 +115,7 @@ def open_inline_bootstrap(buf: Buf, path: str) -> Image | None:
         raise RafsError("inlined bootstrap is not RAFS v6", structure="blob ToC", field="image.boot")
     stem = os.path.basename(path).split(".")[0]
     image = V6Image(boot_buf, path, blob_id_override=stem)
-    blob_index = len(image.blobs) - 1
-    from .blobmeta import read_ci_table
-
-    image.attach_ci_table(blob_index, read_ci_table(image.blobs[blob_index], read))
-    buf.data.close() if hasattr(buf.data, "close") else None
+    if image.blobs:
+        blob = image.blobs[-1]
+        image.attach_ci_table(blob.index, read_ci_table(blob, read))
     return image
