@@ -335,6 +335,9 @@ class V6Image(Image):
         check_name(name, f"directory {parent.nid}", parent.offset)
         child = self._inode(nid)
         if stat.S_ISDIR(child.mode):
+            if nid in (self.root_ino, parent.nid):
+                raise RafsError("directory cycle: entry points at the root or its own directory",
+                                structure=f"directory {parent.nid}", field="nid", value=nid)
             known = self._parents.get(nid)
             if known is None:
                 a, depth = parent.nid, 0
@@ -342,7 +345,7 @@ class V6Image(Image):
                     if a == nid:
                         break
                     a, depth = self._parents.get(a, self.root_ino), depth + 1
-                if a == nid or nid == self.root_ino:
+                if a == nid:
                     raise RafsError("directory cycle", structure=f"directory {parent.nid}",
                                     field="nid", value=nid)
                 self._parents[nid] = parent.nid
