@@ -1,19 +1,25 @@
-"""Storage facade: turns chunk pieces into bytes (cache, fetcher, backend) and runs prefetch.
+"""Storage facade: turns chunk pieces into bytes (fetcher, cache, backend) and runs prefetch.
 
-This is the contract between the FUSE layer (daemon/fs.py) and the storage layer. The storage
-helper fills in the implementation behind these names.
+This is the contract between the FUSE layer (daemon/fs.py) and the storage layer.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import rafs
 
+from .backends import make_backend
+from .chunkcache import ChunkCache
+from .fetcher import Fetcher
+from .storage_errors import BackendError, StorageError
 
-class StorageError(OSError):
-    """A read could not be served (backend down after retries, bad data, ...): the FUSE layer answers EIO."""
+__all__ = ["BlobStore", "StorageError", "StorageOptions"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,26 +41,88 @@ class StorageOptions:
     prefetch_all: bool = True
     prefetch_files: list[str] = field(default_factory=list)  # absolute paths inside the image
     memory_cache_bytes: int = 64 << 20  # in-memory LRU of hot decompressed chunks
+    durable_cache: bool = False  # fdatasync chunk data before marking it ready
 
 
 class BlobStore:
     """Serves file data of one image. Thread-safe; `read` blocks (call it from a worker thread)."""
 
     def __init__(self, image: rafs.Image, options: StorageOptions) -> None:
-        raise NotImplementedError
+        self.image = image
+        self.options = options
+        for blob in image.blobs:
+            if not rafs.is_valid_blob_id(blob.blob_id):
+                raise StorageError(f"image names blob {blob.blob_id[:80]!r}, which is not 64 "
+                                   "lowercase hex digits: refusing to use it in a path or URL")
+        self.backend = make_backend(options.backend_type, options.backend_config)
+        self.cache = None
+        if options.cache_type in ("blobcache", "filecache"):
+            os.makedirs(options.work_dir, exist_ok=True)
+            self.cache = ChunkCache(options.work_dir, image.blobs, options.durable_cache)
+        elif options.cache_type not in ("", "dummycache"):
+            raise StorageError(f"cache type {options.cache_type!r} is not supported")
+        self.fetcher = Fetcher(image, self.backend, self.cache,
+                               digest_validate=options.digest_validate,
+                               memory_bytes=options.memory_cache_bytes)
+        self.prefetcher = None
+        self.ci_loaded = False
+
+    def load_blob_meta(self) -> None:
+        """v6: fetch each blob's ci table and resolve chunks through it (best effort)."""
+        if self.ci_loaded or self.image.version != 6:
+            return
+        from rafs.blobmeta import read_ci_table
+
+        for blob in self.image.blobs:
+            if not blob.ci_uncompressed_size or self.image.has_ci_table(blob.index):
+                continue
+            try:
+                table = read_ci_table(blob, lambda o, n, b=blob: self.backend.read(b.blob_id, o, n))
+            except (BackendError, rafs.RafsError) as e:
+                log.warning("blob %s: cannot load its ci table (%s); using the bootstrap chunk table",
+                            blob.blob_id, e)
+                continue
+            self.image.attach_ci_table(blob.index, table)
+        self.ci_loaded = True
 
     def read(self, pieces: Sequence[rafs.ChunkPiece]) -> bytes:
         """The bytes of `pieces` concatenated (holes as zeros); raises StorageError on failure."""
-        raise NotImplementedError
+        chunks = [p.chunk for p in pieces if p.chunk is not None]
+        got = self.fetcher.get_chunks(chunks, self.options.amplify_io or (1 << 20)) if chunks else {}
+        out = []
+        for p in pieces:
+            if p.chunk is None:
+                out.append(bytes(p.length))
+            else:
+                data = got[(p.chunk.blob_index, p.chunk.compressed_offset)]
+                out.append(data[p.offset:p.offset + p.length])
+        return b"".join(out)
 
     def start_prefetch(self) -> None:
         """Start background prefetch (prefetch table, listed files, then everything if prefetch_all)."""
-        raise NotImplementedError
+        if not self.options.prefetch_enable or self.prefetcher is not None:
+            return
+        from .prefetch import Prefetcher
+
+        self.prefetcher = Prefetcher(self.image, self.fetcher, self.options)
+        self.prefetcher.start()
 
     def metrics(self) -> dict:
         """Counters: backend (requests, bytes, errors), cache (hits, misses), prefetch (done/total)."""
-        raise NotImplementedError
+        f = dict(self.fetcher.stats)
+        b = dict(self.backend.stats)
+        p = self.prefetcher.stats() if self.prefetcher else {}
+        return {"backend_type": self.backend.kind, **b, **{f"fetch_{k}": v for k, v in f.items()},
+                "whole_hits": f["mem_hits"] + f["disk_hits"], "partial_hits": 0,
+                "total": f["mem_hits"] + f["disk_hits"] + f["misses"],
+                "data_all_ready": bool(self.cache and self.cache.all_ready()),
+                "underlying_files": self.cache.underlying_files() if self.cache else [],
+                "store_path": self.options.work_dir, **p}
 
     def close(self) -> None:
         """Stop prefetch, close backend connections and cache files."""
-        raise NotImplementedError
+        if self.prefetcher is not None:
+            self.prefetcher.stop()
+        self.backend.close()
+        if self.cache is not None:
+            self.cache.close()

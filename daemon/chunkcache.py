@@ -1,0 +1,145 @@
+"""Persistent cache of decompressed chunks ("blobcache") in `work_dir`.
+
+Layout (all under `<work_dir>/pynydusd/`, a directory of our own so that the Rust nydusd's cache
+files, which live directly in work_dir, are never read or written):
+
+    <blob_id>.data   sparse file, blob's uncompressed size; chunk i's decompressed bytes at its
+                     uncompressed offset
+    <blob_id>.ready  32-byte header (magic b"PYNYDUSD-READY-1", u32 chunk count, u32 0,
+                     u64 uncompressed size) followed by one byte per chunk: 1 = cached and valid
+
+File names are built only from validated blob ids (64 lowercase hex). A chunk's ready byte is
+written only after its data has been written, so a process killed at any moment (kill -9) leaves a
+cache whose ready chunks are all complete; a header that does not match the image resets both
+files. With `durable=True` data is fdatasync'ed before the ready byte is written (power loss).
+A full disk (ENOSPC/EDQUOT) never marks a chunk ready: the data is served uncached, with one
+warning.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+import threading
+
+from rafs import BlobInfo, ChunkInfo, is_valid_blob_id
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"PYNYDUSD-READY-1"
+_HEADER = struct.Struct("<16sIIQ")
+HEADER_SIZE = _HEADER.size
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class BlobCacheFile:
+    """The cache files of one blob."""
+
+    def __init__(self, root: str, blob: BlobInfo, durable: bool = False) -> None:
+        if not is_valid_blob_id(blob.blob_id):
+            raise ValueError(f"refusing to cache blob id {blob.blob_id[:80]!r}")
+        self.blob = blob
+        self.durable = durable
+        self.count = blob.chunk_count
+        base = os.path.join(root, blob.blob_id)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        self.data_fd = os.open(base + ".data", flags, 0o600)
+        self.ready_fd = os.open(base + ".ready", flags, 0o600)
+        header = _HEADER.pack(MAGIC, self.count, 0, blob.uncompressed_size)
+        if os.pread(self.ready_fd, HEADER_SIZE, 0) != header or \
+                os.fstat(self.ready_fd).st_size != HEADER_SIZE + self.count or \
+                os.fstat(self.data_fd).st_size != blob.uncompressed_size:
+            self._reset(header)
+        self.ready = bytearray(os.pread(self.ready_fd, self.count, HEADER_SIZE))
+        self.full_warned = False
+
+    def _reset(self, header: bytes) -> None:
+        os.ftruncate(self.ready_fd, 0)
+        os.ftruncate(self.data_fd, 0)
+        os.ftruncate(self.data_fd, self.blob.uncompressed_size)
+        os.pwrite(self.ready_fd, header + bytes(self.count), 0)
+
+    def usable(self, chunk: ChunkInfo) -> bool:
+        return (chunk.chunk_index < self.count
+                and chunk.uncompressed_offset + chunk.uncompressed_size <= self.blob.uncompressed_size)
+
+    def get(self, chunk: ChunkInfo) -> bytes | None:
+        """The cached data of `chunk`, or None when it is not ready."""
+        if not self.usable(chunk) or not self.ready[chunk.chunk_index]:
+            return None
+        data = os.pread(self.data_fd, chunk.uncompressed_size, chunk.uncompressed_offset)
+        return data if len(data) == chunk.uncompressed_size else None
+
+    def put(self, chunk: ChunkInfo, data: bytes) -> bool:
+        """Store `data` then mark the chunk ready; False (and nothing marked) on a full disk."""
+        if not self.usable(chunk) or self.ready[chunk.chunk_index]:
+            return False
+        try:
+            os.pwrite(self.data_fd, data, chunk.uncompressed_offset)
+            if self.durable:
+                os.fdatasync(self.data_fd)
+            os.pwrite(self.ready_fd, b"\1", HEADER_SIZE + chunk.chunk_index)
+        except OSError as e:
+            if e.errno not in _FULL:
+                raise
+            if not self.full_warned:
+                log.warning("cache disk full (%s): serving blob %s uncached", e.strerror,
+                            self.blob.blob_id)
+                self.full_warned = True
+            return False
+        self.ready[chunk.chunk_index] = 1
+        return True
+
+    def is_ready(self, chunk: ChunkInfo) -> bool:
+        return self.usable(chunk) and bool(self.ready[chunk.chunk_index])
+
+    def ready_count(self) -> int:
+        return self.count - self.ready.count(0)
+
+    def close(self) -> None:
+        os.close(self.data_fd)
+        os.close(self.ready_fd)
+
+
+class ChunkCache:
+    """All blob cache files of one image in `<work_dir>/pynydusd/`."""
+
+    def __init__(self, work_dir: str, blobs: list[BlobInfo], durable: bool = False) -> None:
+        self.root = os.path.join(work_dir, "pynydusd")
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self.files: dict[int, BlobCacheFile] = {}
+        self.lock = threading.Lock()
+        for blob in blobs:
+            if blob.chunk_count and blob.uncompressed_size and is_valid_blob_id(blob.blob_id):
+                self.files[blob.index] = BlobCacheFile(self.root, blob, durable)
+            else:
+                log.info("blob %d (%s) has no chunk count or size: cached in memory only",
+                         blob.index, blob.blob_id[:80])
+
+    def get(self, chunk: ChunkInfo) -> bytes | None:
+        f = self.files.get(chunk.blob_index)
+        return f.get(chunk) if f else None
+
+    def put(self, chunk: ChunkInfo, data: bytes) -> bool:
+        f = self.files.get(chunk.blob_index)
+        if f is None:
+            return False
+        with self.lock:
+            return f.put(chunk, data)
+
+    def is_ready(self, chunk: ChunkInfo) -> bool:
+        f = self.files.get(chunk.blob_index)
+        return f.is_ready(chunk) if f else False
+
+    def all_ready(self) -> bool:
+        return bool(self.files) and all(f.ready_count() == f.count for f in self.files.values())
+
+    def underlying_files(self) -> list[str]:
+        return [os.path.join(self.root, f.blob.blob_id + ".data") for f in self.files.values()]
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()

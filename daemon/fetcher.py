@@ -1,0 +1,183 @@
+"""Chunk fetcher: memory LRU -> disk cache -> merged range requests, one fetch per chunk.
+
+Missing chunks of one read are grouped by blob, sorted by compressed offset and merged into as
+few range requests as the layout allows (adjacent compressed ranges, up to a size limit). A chunk
+being fetched by one thread is waited for, never fetched again, by the others (single flight).
+Every chunk's decompressed size is checked; its digest too when `digest_validate` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+import cachetools
+
+from rafs import ChunkDataError, ChunkInfo, Image, codecs
+
+from .backends import Backend
+from .chunkcache import ChunkCache
+from .storage_errors import BackendError, StorageError
+
+log = logging.getLogger(__name__)
+
+MAX_MERGE_GAP = 0  # only strictly adjacent compressed ranges are merged
+
+
+class _Flight:
+    __slots__ = ("event", "data", "error")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+def merge_ranges(chunks: Sequence[ChunkInfo], max_size: int) -> list[list[ChunkInfo]]:
+    """Group chunks (any order) into runs of one blob with adjacent compressed ranges <= max_size."""
+    runs: list[list[ChunkInfo]] = []
+    ordered = sorted(chunks, key=lambda c: (c.blob_index, c.compressed_offset))
+    for c in ordered:
+        if runs:
+            run = runs[-1]
+            last, first = run[-1], run[0]
+            end = last.compressed_offset + last.compressed_size
+            if (c.blob_index == last.blob_index and 0 <= c.compressed_offset - end <= MAX_MERGE_GAP
+                    and c.compressed_offset + c.compressed_size - first.compressed_offset <= max_size):
+                run.append(c)
+                continue
+            if c.blob_index == last.blob_index and c.compressed_offset == last.compressed_offset:
+                continue  # the same chunk twice
+        runs.append([c])
+    return runs
+
+
+class Fetcher:
+    """Serves decompressed chunks of one image; thread-safe."""
+
+    def __init__(self, image: Image, backend: Backend, cache: ChunkCache | None, *,
+                 digest_validate: bool, memory_bytes: int) -> None:
+        self.image = image
+        self.backend = backend
+        self.cache = cache
+        self.digest_validate = digest_validate
+        self.mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, 1), getsizeof=len)
+        self.lock = threading.Lock()
+        self.flights: dict[tuple[int, int], _Flight] = {}
+        self.stats = {"mem_hits": 0, "disk_hits": 0, "misses": 0, "requests": 0,
+                      "bytes_fetched": 0, "errors": 0}
+
+    def _key(self, c: ChunkInfo) -> tuple[int, int]:
+        return (c.blob_index, c.compressed_offset)
+
+    def cached(self, c: ChunkInfo) -> bytes | None:
+        """The chunk from memory or disk, or None."""
+        key = self._key(c)
+        with self.lock:
+            data = self.mem.get(key)
+            if data is not None:
+                self.stats["mem_hits"] += 1
+                return data
+        if self.cache is not None:
+            data = self.cache.get(c)
+            if data is not None:
+                with self.lock:
+                    self.stats["disk_hits"] += 1
+                    self.mem[key] = data
+                return data
+        return None
+
+    def get_chunks(self, chunks: Sequence[ChunkInfo], max_request: int) -> dict[tuple[int, int], bytes]:
+        """Data of every chunk, keyed by (blob_index, compressed_offset)."""
+        out: dict[tuple[int, int], bytes] = {}
+        missing = []
+        for c in chunks:
+            key = self._key(c)
+            if key in out:
+                continue
+            data = self.cached(c)
+            if data is None:
+                missing.append(c)
+            else:
+                out[key] = data
+        if missing:
+            self._fetch_missing(missing, max_request, out)
+        return out
+
+    def _fetch_missing(self, missing: list[ChunkInfo], max_request: int, out: dict) -> None:
+        mine, theirs = [], []
+        with self.lock:
+            for c in missing:
+                key = self._key(c)
+                flight = self.flights.get(key)
+                if flight is None:
+                    self.flights[key] = _Flight()
+                    mine.append(c)
+                else:
+                    theirs.append((key, flight))
+        try:
+            for run in merge_ranges(mine, max_request):
+                self._fetch_run(run, out)
+        finally:
+            self._abort_unfinished(mine)
+        for key, flight in theirs:
+            flight.event.wait()
+            if flight.error is not None:
+                raise StorageError(f"chunk fetch failed: {flight.error}")
+            out[key] = flight.data
+
+    def _fetch_run(self, run: list[ChunkInfo], out: dict) -> None:
+        first, last = run[0], run[-1]
+        start = first.compressed_offset
+        size = last.compressed_offset + last.compressed_size - start
+        blob = self.image.blobs[first.blob_index]
+        with self.lock:
+            self.stats["requests"] += 1
+            self.stats["misses"] += len(run)
+        try:
+            raw = self.backend.read(blob.blob_id, start, size)
+        except BackendError as e:
+            with self.lock:
+                self.stats["errors"] += 1
+            self._fail(run, e)
+            raise
+        with self.lock:
+            self.stats["bytes_fetched"] += len(raw)
+        digester = blob.digester if self.digest_validate else None
+        for c in run:
+            rel = c.compressed_offset - start
+            try:
+                data = codecs.decode_chunk(c, raw[rel:rel + c.compressed_size], blob.compressor,
+                                           digester)
+            except ChunkDataError as e:
+                with self.lock:
+                    self.stats["errors"] += 1
+                log.error("blob %s: %s", blob.blob_id, e)
+                self._fail(run, e)
+                raise StorageError(str(e)) from None
+            if self.cache is not None:
+                self.cache.put(c, data)
+            self._land(c, data)
+            out[self._key(c)] = data
+
+    def _land(self, c: ChunkInfo, data: bytes) -> None:
+        key = self._key(c)
+        with self.lock:
+            self.mem[key] = data
+            flight = self.flights.pop(key, None)
+        if flight is not None:
+            flight.data = data
+            flight.event.set()
+
+    def _fail(self, run: list[ChunkInfo], error: BaseException) -> None:
+        with self.lock:
+            flights = [self.flights.pop(self._key(c), None) for c in run]
+        for f in flights:
+            if f is not None and not f.event.is_set():
+                f.error = error
+                f.event.set()
+
+    def _abort_unfinished(self, chunks: list[ChunkInfo]) -> None:
+        """Release waiters of chunks this thread claimed but did not land (error paths)."""
+        self._fail(chunks, StorageError("fetch aborted"))

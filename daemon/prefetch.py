@@ -1,0 +1,173 @@
+"""Background prefetch: the image's prefetch table, listed files, then (prefetch_all) everything.
+
+Runs in daemon threads at a bounded rate (token bucket). Foreground reads never queue behind it:
+they only share an in-flight fetch of the very same chunk (single flight in the fetcher).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+from rafs import ChunkInfo, Image, RafsError
+
+from .fetcher import Fetcher, merge_ranges
+from .storage_errors import StorageError
+
+log = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """Bytes-per-second limiter shared by the prefetch workers (rate 0 = unlimited)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.tokens = float(rate)
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, n: int, stop: threading.Event) -> None:
+        if self.rate <= 0:
+            return
+        while not stop.is_set():
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= min(n, self.rate):
+                    self.tokens -= n
+                    return
+                wait = (min(n, self.rate) - self.tokens) / self.rate
+            stop.wait(min(wait, 0.5))
+
+
+class Prefetcher:
+    """Pulls chunks in the background until the whole image (or the asked part) is cached."""
+
+    def __init__(self, image: Image, fetcher: Fetcher, options) -> None:
+        self.image = image
+        self.fetcher = fetcher
+        self.options = options
+        self.stop_event = threading.Event()
+        self.bucket = TokenBucket(options.prefetch_bandwidth_rate)
+        self.lock = threading.Lock()
+        self.done = self.total = self.requests = self.bytes = self.errors = 0
+        self.begin = self.end = 0.0
+        self.threads: list[threading.Thread] = []
+        self.queue: Iterator[list[ChunkInfo]] | None = None
+
+    def start(self) -> None:
+        self.begin = time.time()
+        self.queue = self._runs()
+        for i in range(max(1, self.options.prefetch_threads)):
+            t = threading.Thread(target=self._worker, name=f"prefetch-{i}", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _files(self) -> Iterator[int]:
+        """Inode numbers of regular files to prefetch, in priority order (may repeat)."""
+        for ino in self.image.prefetch:
+            yield from self._subtree(ino)
+        for path in self.options.prefetch_files:
+            ino = self._resolve(path)
+            if ino is not None:
+                yield from self._subtree(ino)
+        if self.options.prefetch_all:
+            yield from self._subtree(self.image.root_ino)
+
+    def _resolve(self, path: str) -> int | None:
+        ino = self.image.root_ino
+        for part in path.encode().strip(b"/").split(b"/"):
+            if part:
+                inode = self.image.lookup(ino, part)
+                if inode is None:
+                    log.warning("prefetch: %s not found in the image", path)
+                    return None
+                ino = inode.ino
+        return ino
+
+    def _subtree(self, ino: int) -> Iterator[int]:
+        stack = [ino]
+        while stack and not self.stop_event.is_set():
+            node = stack.pop()
+            inode = self.image.getattr(node)
+            if inode.is_reg:
+                yield node
+            elif inode.is_dir:
+                for _name, child, _pos in self.image.readdir(node):
+                    if child.is_dir:
+                        stack.append(child.ino)
+                    elif child.is_reg:
+                        yield child.ino
+
+    def _runs(self) -> Iterator[list[ChunkInfo]]:
+        seen: set[tuple[int, int]] = set()
+        batch: list[ChunkInfo] = []
+        for ino in self._files():
+            for c in self.image.file_chunks(ino):
+                key = (c.blob_index, c.compressed_offset)
+                if key in seen:
+                    continue
+                seen.add(key)
+                with self.lock:
+                    self.total += 1
+                batch.append(c)
+            if len(batch) >= 64:
+                yield from merge_ranges(batch, self.options.prefetch_merging_size)
+                batch = []
+        if batch:
+            yield from merge_ranges(batch, self.options.prefetch_merging_size)
+
+    def _next(self) -> list[ChunkInfo] | None:
+        with self.lock:
+            try:
+                return next(self.queue)
+            except StopIteration:
+                return None
+
+    def _worker(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                run = self._next()
+                if run is None:
+                    break
+                self._prefetch_run(run)
+        except (RafsError, StorageError, OSError) as e:
+            log.error("prefetch stopped: %s", e)
+        finally:
+            with self.lock:
+                if all(not t.is_alive() or t is threading.current_thread() for t in self.threads):
+                    self.end = time.time()
+                    log.info("prefetch finished: %d/%d chunks, %d requests, %d bytes, %d errors",
+                             self.done, self.total, self.requests, self.bytes, self.errors)
+
+    def _prefetch_run(self, run: list[ChunkInfo]) -> None:
+        todo = [c for c in run if self.fetcher.cached(c) is None]
+        if todo:
+            size = sum(c.compressed_size for c in todo)
+            self.bucket.take(size, self.stop_event)
+            try:
+                self.fetcher.get_chunks(todo, self.options.prefetch_merging_size)
+                with self.lock:
+                    self.requests += 1
+                    self.bytes += size
+            except StorageError as e:
+                log.warning("prefetch of %d chunks failed: %s", len(todo), e)
+                with self.lock:
+                    self.errors += 1
+        with self.lock:
+            self.done += len(run)
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"prefetch_workers": len(self.threads), "prefetch_done": self.done,
+                    "prefetch_total": self.total, "prefetch_requests_count": self.requests,
+                    "prefetch_data_amount": self.bytes, "prefetch_errors": self.errors,
+                    "prefetch_begin_time_secs": int(self.begin), "prefetch_end_time_secs": int(self.end)}
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=2)

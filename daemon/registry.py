@@ -1,0 +1,202 @@
+"""OCI registry backend (nydusd `registry`): ranged blob GETs with auth, redirects, proxy, retries."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import urllib.parse
+
+from .backends import (
+    DEFAULT_RETRIES,
+    Backend,
+    basic_auth_header,
+    retrying,
+    same_origin,
+)
+from .storage_errors import BackendError, TemporaryBackendError
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+USER_AGENT = "pynydusd/0.1 (nydusd/1.0.0 compatible)"
+_CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RegistryBackend(Backend):
+    """Blobs at `<scheme>://<host>/v2/<repo>/blobs/sha256:<id>`."""
+
+    kind = "registry"
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        host, repo = config.get("host", ""), config.get("repo", "")
+        if not host or not repo:
+            raise BackendError("registry backend needs 'host' and 'repo'")
+        scheme = "http" if config.get("scheme") == "http" else "https"
+        self.base = f"{scheme}://{host}/v2/{repo.strip('/')}/blobs/sha256:"
+        self.basic = basic_auth_header(config["auth"]) if config.get("auth") else None
+        token = config.get("registry_token")
+        self.auth_header: str | None = f"Bearer {token}" if token else None
+        self.verify = not config.get("skip_verify", False)
+        connect, total = config.get("connect_timeout", 5), config.get("timeout", 5)
+        self.timeout = (connect or None, total or None)
+        self.retries = max(int(config.get("retry_limit", 0) or 0), DEFAULT_RETRIES)
+        proxy = config.get("proxy") or {}
+        self.proxy_url = proxy.get("url") or None
+        self.proxy_fallback = proxy.get("fallback", True)
+        self.redirects: dict[str, str] = {}
+        self.local = threading.local()
+        self.auth_lock = threading.Lock()
+
+    # -- HTTP plumbing ------------------------------------------------------------------------
+
+    def _session(self):
+        s = getattr(self.local, "session", None)
+        if s is None:
+            import requests
+
+            s = requests.Session()
+            s.headers["User-Agent"] = USER_AGENT
+            s.trust_env = False
+            self.local.session = s
+        return s
+
+    def _get(self, url: str, headers: dict, proxy: bool):
+        import requests
+
+        proxies = {"http": self.proxy_url, "https": self.proxy_url} if proxy else None
+        try:
+            return self._session().get(url, headers=headers, timeout=self.timeout,
+                                       verify=self.verify, allow_redirects=False, stream=True,
+                                       proxies=proxies)
+        except requests.RequestException as e:
+            raise TemporaryBackendError(f"GET {_redact(url)}: {type(e).__name__}: {e}") from None
+
+    def _read(self, blob_id: str, offset: int, size: int) -> bytes:
+        what = f"blob {blob_id} range {offset}+{size}"
+        return retrying(self.retries, lambda: self._attempt(blob_id, offset, size), what)
+
+    def _attempt(self, blob_id: str, offset: int, size: int) -> bytes:
+        headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
+        url = self.redirects.get(blob_id) or self.base + blob_id
+        r = self._send(url, headers, blob_id)
+        return _body(r, size)
+
+    def _send(self, url: str, headers: dict, blob_id: str):
+        """GET with auth negotiation, proxy fallback and hand-followed redirects."""
+        for _hop in range(MAX_REDIRECTS + 1):
+            origin = same_origin(url, self.base)
+            hdrs = dict(headers)
+            if origin and self.auth_header:
+                hdrs["Authorization"] = self.auth_header
+            r = self._via_proxy_or_direct(url, hdrs)
+            if r.status_code == 401 and origin:
+                r.close()
+                self._authenticate(r, url, headers)
+                hdrs["Authorization"] = self.auth_header
+                r = self._via_proxy_or_direct(url, hdrs)
+            if r.status_code in (301, 302, 303, 307, 308) and "Location" in r.headers:
+                url = urllib.parse.urljoin(url, r.headers["Location"])
+                r.close()
+                self.redirects[blob_id] = url
+                continue
+            if r.status_code in (401, 403) and blob_id in self.redirects:
+                del self.redirects[blob_id]  # a stale presigned URL: start over at the registry
+                raise TemporaryBackendError(f"redirect target answered {r.status_code}")
+            return r
+        raise BackendError(f"too many redirects for blob {blob_id}")
+
+    def _via_proxy_or_direct(self, url: str, headers: dict):
+        if self.proxy_url:
+            try:
+                r = self._get(url, headers, proxy=True)
+                if r.status_code < 500:
+                    return r
+                r.close()
+                if not self.proxy_fallback:
+                    raise TemporaryBackendError(f"proxy answered {r.status_code}")
+            except TemporaryBackendError as e:
+                if not self.proxy_fallback:
+                    raise
+                log.warning("proxy %s failed (%s); going to the registry directly", self.proxy_url, e)
+        return self._get(url, headers, proxy=False)
+
+    # -- authentication -----------------------------------------------------------------------
+
+    def _authenticate(self, r, url: str, headers: dict) -> None:
+        challenge = r.headers.get("WWW-Authenticate", "")
+        scheme = challenge.split(" ", 1)[0].lower()
+        with self.auth_lock:
+            if scheme == "basic":
+                if not self.basic:
+                    raise BackendError("registry wants basic auth and no 'auth' is configured")
+                self.auth_header = self.basic
+            elif scheme == "bearer":
+                params = dict(_CHALLENGE_RE.findall(challenge))
+                self.auth_header = "Bearer " + self._fetch_token(params)
+            else:
+                raise BackendError(f"registry answered 401 with challenge {challenge[:100]!r}")
+
+    def _fetch_token(self, params: dict) -> str:
+        import requests
+
+        realm = params.get("realm")
+        if not realm:
+            raise BackendError("bearer challenge without realm")
+        form = {"service": params.get("service", ""), "scope": params.get("scope", ""),
+                "client_id": "nydus-registry-client"}
+        headers = {"Authorization": self.basic} if self.basic else {}
+        s = self._session()
+        try:
+            r = s.post(realm, data=form, headers=headers, timeout=self.timeout, verify=self.verify)
+            if r.status_code >= 400:
+                r = s.get(realm, params=form, headers=headers, timeout=self.timeout,
+                          verify=self.verify)
+        except requests.RequestException as e:
+            raise TemporaryBackendError(f"token request failed: {type(e).__name__}") from None
+        if r.status_code >= 400:
+            raise BackendError(f"token server answered {r.status_code}")
+        try:
+            body = r.json()
+        except ValueError:
+            raise BackendError("token server did not answer JSON") from None
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise BackendError("token server answer has no token")
+        self.token_expiry = time.monotonic() + float(body.get("expires_in", 600))
+        return token
+
+
+def _body(r, size: int) -> bytes:
+    """Exactly `size` bytes of a ranged answer, or a (temporary) error."""
+    status = r.status_code
+    try:
+        if status in (429,) or status >= 500:
+            raise TemporaryBackendError(f"server answered {status}")
+        if status == 200 and "Content-Range" not in r.headers:
+            raise BackendError("server ignored the Range header (200 without Content-Range)")
+        if status not in (200, 206):
+            raise BackendError(f"server answered {status}: {r.raw.read(200, decode_content=True)!r}")
+        parts, got = [], 0
+        for piece in r.iter_content(1 << 16):
+            parts.append(piece)
+            got += len(piece)
+            if got > size:
+                raise TemporaryBackendError(f"body longer than the {size} bytes asked for")
+    except TemporaryBackendError:
+        raise
+    except BackendError:
+        raise
+    except Exception as e:  # connection reset mid-body and the like
+        raise TemporaryBackendError(f"reading body: {type(e).__name__}") from None
+    finally:
+        r.close()
+    if got != size:
+        raise TemporaryBackendError(f"short body: {got} of {size} bytes")
+    return b"".join(parts)
+
+
+def _redact(url: str) -> str:
+    return urllib.parse.urlsplit(url)._replace(query="").geturl()
