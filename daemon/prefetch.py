@@ -52,7 +52,7 @@ class Prefetcher:
         self.options = options
         self.stop_event = threading.Event()
         self.bucket = TokenBucket(options.prefetch_bandwidth_rate)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # the run generator counts under the lock _next holds
         self.done = self.total = self.requests = self.bytes = self.errors = 0
         self.begin = self.end = 0.0
         self.threads: list[threading.Thread] = []

@@ -1,0 +1,160 @@
+"""`pynydusd` (and `nydusd` drop-in) command line: parse, mount first, then serve.
+
+    pynydusd --bootstrap META --backend URL MOUNTPOINT
+    nydusd --thread-num 10 --log-level debug --mountpoint DIR --apisock SOCK --id sealer \\
+           --bootstrap rootfs.meta --config httpserver.json --supervisor SOCK
+
+Start-up order keeps the mount well inside 0.5 s of exec: arguments and config, the bootstrap
+(lazily, mmap), the FUSE mount; then the API socket, blob-meta loading and background prefetch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+VERSION = "0.1.0"
+log = logging.getLogger("pynydusd")
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The argument parser: pynydusd's own options plus nydusd's fusedev surface."""
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Mount a nydus RAFS v5/v6 image with FUSE, pulling file data lazily.",
+        epilog="examples:\n"
+               "  pynydusd --bootstrap rootfs.meta --backend http://127.0.0.1:8000/sealer /mnt/rootfs\n"
+               "  pynydusd --bootstrap rootfs.meta --backend ./blobs /mnt/rootfs\n"
+               "  nydusd --mountpoint DIR --bootstrap rootfs.meta --config httpserver.json\n"
+               "Stop with SIGTERM or Ctrl-C: the mount is detached and the daemon exits 0.")
+    p.add_argument("mountpoint_pos", nargs="?", metavar="MOUNTPOINT", help="where to mount")
+    p.add_argument("-M", "--mountpoint", help="where to mount (nydusd spelling)")
+    p.add_argument("-B", "--bootstrap", help="RAFS bootstrap (metadata) file")
+    p.add_argument("--backend", metavar="URL",
+                   help="blobs: http[s]://host[:port]/REPO (registry or blob server) or a local directory")
+    p.add_argument("-C", "--config", help="nydusd config file (v1 JSON, v2 TOML or JSON)")
+    p.add_argument("-D", "--localfs-dir", help="blob directory; also the cache directory (nydusd)")
+    p.add_argument("--cache-dir", help="chunk cache directory (default /var/cache/pynydusd as root)")
+    p.add_argument("--prefetch", dest="prefetch", action="store_true", default=None,
+                   help="pull the whole image in the background (the default with --backend)")
+    p.add_argument("--no-prefetch", dest="prefetch", action="store_false",
+                   help="fetch data only when it is read")
+    p.add_argument("--thread-num", "--fuse-threads", "-T", dest="thread_num", type=int, default=4,
+                   help="worker threads for blocking work (1..1024, default 4)")
+    p.add_argument("-l", "--log-level", default="info",
+                   choices=["trace", "debug", "info", "warn", "error"])
+    p.add_argument("-L", "--log-file", help="log to this file instead of stderr")
+    p.add_argument("--log-rotation-size", type=int, default=0, help="accepted; rotation is not done")
+    p.add_argument("-A", "--apisock", help="Unix socket for the HTTP API")
+    p.add_argument("--id", help="daemon id (needs --supervisor)")
+    p.add_argument("-S", "--supervisor", help="supervisor socket (stored; hand-over not supported)")
+    p.add_argument("--prefetch-files", help="file listing absolute paths to prefetch first")
+    p.add_argument("-m", "--virtual-mountpoint", default="/", help="only / is supported")
+    p.add_argument("--upgrade", action="store_true", help="not supported (hot upgrade)")
+    p.add_argument("--failover-policy", choices=["resend", "flush", "none"], default="resend")
+    p.add_argument("--writable", action="store_true", help="not supported: the mount is read-only")
+    p.add_argument("--rlimit-nofile", type=int, default=0, help="accepted for compatibility")
+    p.add_argument("-s", "--shared-dir", help="not supported (passthrough)")
+    p.add_argument("-V", "--version", action="version", version=f"{prog} {VERSION} (pynydusd)")
+    return p
+
+
+def parse_args(argv: list[str], prog: str) -> argparse.Namespace:
+    """Parse and cross-check arguments; bad ones exit 2 with usage."""
+    if argv and argv[0] == "fuse":
+        argv = argv[1:]
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    args.mountpoint = args.mountpoint or args.mountpoint_pos
+    if args.mountpoint_pos and args.mountpoint and args.mountpoint_pos != args.mountpoint:
+        parser.error("give the mountpoint once")
+    if not args.mountpoint:
+        parser.error("a mountpoint is required (MOUNTPOINT or --mountpoint)")
+    if not args.bootstrap:
+        parser.error("--bootstrap is required")
+    if not 1 <= args.thread_num <= 1024:
+        parser.error("--thread-num must be in 1..1024")
+    if bool(args.id) != bool(args.supervisor):
+        parser.error("--id and --supervisor must be given together")
+    sources = [x for x in (args.config, args.backend, args.localfs_dir) if x]
+    if len(sources) != 1:
+        parser.error("give exactly one of --config, --backend, --localfs-dir")
+    for flag, bad in (("--shared-dir", args.shared_dir), ("--upgrade", args.upgrade),
+                      ("--writable", args.writable)):
+        if bad:
+            parser.error(f"{flag} is not supported by pynydusd")
+    if args.virtual_mountpoint != "/":
+        parser.error("--virtual-mountpoint: only / is supported")
+    return args
+
+
+def backend_config(url: str):
+    """A DaemonConfig for `--backend URL` (registry URL or local blob directory)."""
+    import urllib.parse
+
+    from .config import DaemonConfig
+    from .storage import StorageOptions
+
+    u = urllib.parse.urlsplit(url)
+    if u.scheme in ("http", "https"):
+        repo = u.path.strip("/")
+        if not u.netloc or not repo:
+            raise ValueError(f"backend URL {url!r} needs a host and a repository path")
+        opts = StorageOptions("registry", {"scheme": u.scheme, "host": u.netloc, "repo": repo})
+    else:
+        if not os.path.isdir(url):
+            raise ValueError(f"backend {url!r} is neither an http(s) URL nor a directory")
+        opts = StorageOptions("localfs", {"dir": os.path.abspath(url)})
+    opts.prefetch_enable = True
+    return DaemonConfig("", opts, enable_xattr=True)
+
+
+def make_config(args: argparse.Namespace):
+    """The effective DaemonConfig from --config / --backend / --localfs-dir and the CLI flags."""
+    from .config import load_config
+
+    if args.config:
+        cfg = load_config(args.config)
+    elif args.backend:
+        cfg = backend_config(args.backend)
+    else:
+        cfg = backend_config(args.localfs_dir)
+        cfg.storage.work_dir = os.path.abspath(args.localfs_dir)
+        cfg.storage.prefetch_enable = False
+    s = cfg.storage
+    if args.cache_dir:
+        s.work_dir = os.path.abspath(args.cache_dir)
+    elif args.backend:
+        s.work_dir = "/var/cache/pynydusd" if os.geteuid() == 0 else os.path.expanduser(
+            "~/.cache/pynydusd")
+    if args.prefetch is not None:
+        s.prefetch_enable = args.prefetch
+    s.thread_num = args.thread_num
+    if args.prefetch_files:
+        with open(args.prefetch_files, encoding="utf-8") as f:
+            s.prefetch_files = [line.strip() for line in f if line.strip()]
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `pynydusd` and of the `nydusd` drop-in."""
+    prog = os.path.basename(sys.argv[0]) or "pynydusd"
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog)
+    from . import logs
+
+    logs.setup(args.log_level, args.log_file)
+    try:
+        from .service import Daemon
+
+        daemon = Daemon(args, make_config(args))
+        return daemon.run()
+    except Exception as e:  # startup failure: one clear line, exit 1 (nydusd prints Error: ...)
+        log.debug("startup failed", exc_info=True)
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

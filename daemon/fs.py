@@ -1,0 +1,227 @@
+"""The FUSE operations: translate kernel requests into image lookups and storage reads.
+
+This is the only place where errors become errno values. Nothing but `pyfuse3.FUSEError`
+leaves a handler: storage failures answer EIO, malformed image data is logged and answers EIO,
+and anything unexpected is logged once with its context and answered EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections import Counter
+
+import pyfuse3
+import trio
+
+import rafs
+
+from .storage_errors import StorageError
+
+log = logging.getLogger(__name__)
+
+FOREVER_S = 365 * 24 * 3600.0  # the image never changes under the mount
+STATFS_BSIZE = 512
+NAME_MAX = 255
+FOPS = ("getattr", "readlink", "open", "release", "read", "statfs", "getxattr", "listxattr",
+        "opendir", "lookup", "readdir", "readdirplus", "access", "forget", "batch_forget")
+
+
+def handler(name: str):
+    """Wrap an operation: count it, and turn every failure into a FUSEError."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def op(self, *args):
+            self.hits[name] += 1
+            try:
+                return await fn(self, *args)
+            except pyfuse3.FUSEError as e:
+                if e.errno not in (errno.ENOENT, errno.ENODATA, errno.ENOSYS):
+                    self.errors[name] += 1
+                raise
+            except StorageError as e:
+                self.errors[name] += 1
+                log.error("%s%r: storage error: %s", name, args[:2], e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            except rafs.RafsError as e:
+                self.errors[name] += 1
+                log.error("%s%r: bad image data: %s", name, args[:2], e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            except Exception:
+                self.errors[name] += 1
+                log.exception("%s%r: unexpected error", name, args[:2])
+                raise pyfuse3.FUSEError(errno.EIO) from None
+        return op
+    return wrap
+
+
+def _readonly(*_args):
+    async def op(self, *args):
+        raise pyfuse3.FUSEError(errno.EROFS)
+    return op
+
+
+class RafsOperations(pyfuse3.Operations):
+    """Read-only filesystem over one RAFS image; collaborators are passed in."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, image: rafs.Image, store, *, enable_xattr: bool = False,
+                 thread_num: int = 4, mount_time: float | None = None) -> None:
+        super().__init__()
+        self.image = image
+        self.store = store
+        self.xattr_enabled = enable_xattr or bool(image.flags & 0x20)
+        self.limiter = trio.CapacityLimiter(max(1, thread_num))
+        self.mount_ns = int((mount_time or time.time()) * 1e9)
+        self.root = image.root_ino
+        self.hits: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.data_read = 0
+        self.nr_opens = 0
+
+    # -- inode numbers: the kernel's root is 1; swap it with the image's root ----------------
+
+    def _to_image(self, ino: int) -> int:
+        return self.root if ino == pyfuse3.ROOT_INODE else (1 if ino == self.root else ino)
+
+    def _to_fuse(self, ino: int) -> int:
+        return pyfuse3.ROOT_INODE if ino == self.root else (self.root if ino == 1 else ino)
+
+    def attrs(self, inode: rafs.Inode) -> pyfuse3.EntryAttributes:
+        """EntryAttributes with nydusd's policies (root 0755, mtime 0 -> mount time)."""
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = self._to_fuse(inode.ino)
+        mode = inode.mode
+        if inode.ino == self.root:
+            mode = stat.S_IFMT(mode) | 0o755
+        a.st_mode = mode
+        a.st_nlink = inode.nlink
+        a.st_uid, a.st_gid = inode.uid, inode.gid
+        a.st_rdev = inode.rdev
+        a.st_size = inode.size
+        a.st_blksize = 4096
+        a.st_blocks = inode.blocks
+        ns = inode.mtime * 1_000_000_000 + inode.mtime_nsec if inode.mtime else self.mount_ns
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        a.entry_timeout = a.attr_timeout = FOREVER_S
+        return a
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @handler("lookup")
+    async def lookup(self, parent_inode, name, ctx=None):
+        inode = self.image.lookup(self._to_image(parent_inode), bytes(name))
+        if inode is None:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = FOREVER_S
+            return negative
+        return self.attrs(inode)
+
+    @handler("getattr")
+    async def getattr(self, inode, ctx=None):
+        return self.attrs(self.image.getattr(self._to_image(inode)))
+
+    @handler("readlink")
+    async def readlink(self, inode, ctx):
+        return self.image.readlink(self._to_image(inode))
+
+    @handler("opendir")
+    async def opendir(self, inode, ctx):
+        if not self.image.getattr(self._to_image(inode)).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @handler("readdir")
+    async def readdir(self, fh, start_id, token):
+        for name, inode, pos in self.image.readdir(self._to_image(fh), start_id):
+            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), pos):
+                break
+
+    async def releasedir(self, fh):
+        return None
+
+    @handler("open")
+    async def open(self, inode, flags, ctx):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if not self.image.getattr(self._to_image(inode)).is_reg:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        self.nr_opens += 1
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    @handler("release")
+    async def release(self, fh):
+        return None
+
+    @handler("read")
+    async def read(self, fh, off, size):
+        ino = self._to_image(fh)
+        pieces = self.image.chunks(ino, off, size)
+        if not pieces:
+            return b""
+        data = await trio.to_thread.run_sync(self.store.read, pieces, limiter=self.limiter)
+        self.data_read += len(data)
+        return data
+
+    @handler("statfs")
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = STATFS_BSIZE
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = self.image.inode_count
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = NAME_MAX
+        return s
+
+    @handler("access")
+    async def access(self, inode, mode, ctx):
+        return not mode & os.W_OK
+
+    @handler("getxattr")
+    async def getxattr(self, inode, name, ctx):
+        if not self.xattr_enabled:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        value = self.image.xattrs(self._to_image(inode)).get(bytes(name))
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
+
+    @handler("listxattr")
+    async def listxattr(self, inode, ctx):
+        if not self.xattr_enabled:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        return list(self.image.xattrs(self._to_image(inode)))
+
+    async def forget(self, inode_list):
+        self.hits["forget"] += 1
+
+    # -- everything that would modify the image ---------------------------------------------
+
+    setattr = _readonly()
+    mknod = _readonly()
+    mkdir = _readonly()
+    unlink = _readonly()
+    rmdir = _readonly()
+    symlink = _readonly()
+    rename = _readonly()
+    link = _readonly()
+    write = _readonly()
+    create = _readonly()
+    setxattr = _readonly()
+    removexattr = _readonly()
+
+    def fs_metrics(self) -> dict:
+        """nydusd's FsIoStats shape (api/v1/metrics)."""
+        return {"files_account_enabled": False, "access_pattern_enabled": False,
+                "record_latest_read_files_enabled": False, "measure_latency": False, "id": "/",
+                "nr_opens": self.nr_opens, "data_read": self.data_read,
+                "fop_hits": [self.hits[f] for f in FOPS],
+                "fop_errors": [self.errors[f] for f in FOPS]}

@@ -1,0 +1,134 @@
+"""The running daemon: mount, serve FUSE on a trio loop, API socket, prefetch, clean shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+
+log = logging.getLogger("pynydusd")
+
+MAX_READ = 1 << 20
+
+
+class Daemon:
+    """One mount of one image, from start to a clean exit."""
+
+    def __init__(self, args: argparse.Namespace, config) -> None:
+        self.args = args
+        self.config = config
+        self.api = None
+        self.store = None
+
+    def run(self) -> int:
+        import pyfuse3
+        import trio
+
+        import rafs
+
+        from .fs import RafsOperations
+        from .lifecycle import clear_stale_mount
+        from .storage import BlobStore
+
+        args, cfg = self.args, self.config
+        mountpoint = os.path.realpath(args.mountpoint)
+        if not os.path.isdir(mountpoint):
+            raise RuntimeError(f"mountpoint {args.mountpoint} is not a directory")
+        log.info("pynydusd %s (nydusd-compatible) starting, pid %d", _version(), os.getpid())
+        image = rafs.open_image(args.bootstrap)
+        self.store = BlobStore(image, cfg.storage)
+        ops = RafsOperations(image, self.store, enable_xattr=cfg.enable_xattr,
+                             thread_num=args.thread_num, mount_time=time.time())
+        clear_stale_mount(mountpoint, args.apisock)
+        options = {"fsname=rafs", "ro", "allow_other", "default_permissions", "noatime",
+                   "nosuid", "nodev"}
+        if os.geteuid() != 0:
+            options.discard("allow_other")
+        pyfuse3.init(ops, mountpoint, options)
+        log.info("RAFS v%d image %s mounted at %s (%s backend, %s)", image.version, args.bootstrap,
+                 mountpoint, cfg.storage.backend_type, _speedup())
+        try:
+            trio.run(self._serve, ops, mountpoint)
+        finally:
+            self._shutdown(mountpoint)
+        log.info("nydusd quits")
+        return 0
+
+    async def _serve(self, ops, mountpoint: str) -> None:
+        import pyfuse3
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._signals, nursery)
+            nursery.start_soon(self._after_mount, ops, mountpoint)
+            await pyfuse3.main()
+            log.info("FUSE session ended")
+            nursery.cancel_scope.cancel()
+
+    async def _signals(self, nursery) -> None:
+        import pyfuse3
+        import trio
+
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                log.info("received %s, shutting down", signal.Signals(sig).name)
+                pyfuse3.terminate()
+                nursery.cancel_scope.cancel()
+                return
+
+    async def _after_mount(self, ops, mountpoint: str) -> None:
+        """Things that must not delay the mount: API socket, blob meta, prefetch."""
+        import trio
+
+        args = self.args
+        if args.apisock:
+            from .api import ApiServer, ApiState
+
+            state = ApiState(args.id, args.supervisor, mountpoint, self.config.redacted(), ops,
+                             self.store)
+            self.api = ApiServer(os.path.abspath(args.apisock), state)
+            self.api.start()
+        await trio.to_thread.run_sync(self._background_start, abandon_on_cancel=True)
+
+    def _background_start(self) -> None:
+        try:
+            self.store.load_blob_meta()
+            self.store.start_prefetch()
+        except Exception as e:  # never fatal: reads still work
+            log.error("background start failed: %s", e)
+
+    def _shutdown(self, mountpoint: str) -> None:
+        import pyfuse3
+
+        from .lifecycle import lazy_unmount, mounted_fstype
+
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception as e:  # already detached (umount -lf) or connection aborted
+            log.debug("pyfuse3.close: %s", e)
+        if mounted_fstype(mountpoint) and mounted_fstype(mountpoint).startswith("fuse"):
+            try:
+                lazy_unmount(mountpoint)
+            except OSError as e:
+                log.warning("%s", e)
+        if self.api is not None:
+            self.api.stop()
+        if self.store is not None:
+            self.store.close()
+
+
+def _version() -> str:
+    from .cli import VERSION
+
+    return VERSION
+
+
+def _speedup() -> str:
+    try:
+        from rafs import chunkmap
+
+        return f"chunk lookup: {chunkmap.IMPLEMENTATION}"
+    except ImportError:
+        return "chunk lookup: python"
