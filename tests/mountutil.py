@@ -1,0 +1,126 @@
+"""Run the daemon in a subprocess on a real FUSE mount; always unmount and stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PYNYDUSD = Path(sys.executable).parent / "pynydusd"
+BLOB_SERVER = Path(sys.executable).parent / "pynydus-blob-server"
+
+
+def require_fuse() -> None:
+    """Skip unless /dev/fuse is usable by root."""
+    if os.geteuid() != 0:
+        pytest.skip("FUSE mount tests need root")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing")
+
+
+def fstype_at(path: str | Path) -> str | None:
+    real = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == real:
+                found = fields[fields.index("-") + 1]
+    return found
+
+
+def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    """A daemon process with its mount; `stop()` is safe to call more than once."""
+
+    def __init__(self, argv: list[str], mountpoint: Path, cwd: str | None = None,
+                 wait: bool = True) -> None:
+        self.mountpoint = Path(mountpoint)
+        self.log = open(self.mountpoint.parent / f"{self.mountpoint.name}.log", "w+b")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
+        if wait:
+            try:
+                wait_for(lambda: fstype_at(self.mountpoint) == "fuse" or self.proc.poll() is not None,
+                         what="the FUSE mount")
+            except AssertionError:
+                self.stop()
+                raise
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> tuple[int, float]:
+        """Send `sig`; return (exit code, seconds it took)."""
+        t = time.monotonic()
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        return rc, time.monotonic() - t
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if fstype_at(self.mountpoint):
+            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+        self.log.close()
+
+    def assert_clean_log(self) -> None:
+        out = self.output()
+        assert "Traceback" not in out and " ERROR " not in out, out
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class BlobServerProc:
+    """pynydus-blob-server on 127.0.0.1 (a free port) serving `blobsdir`."""
+
+    def __init__(self, blobsdir: Path) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([str(BLOB_SERVER), "--blobsdir", str(blobsdir), "--address",
+                                      "127.0.0.1", "--port", str(self.port), "-v"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(self._up, what="the blob server")
+
+    def _up(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def requests(self) -> list[str]:
+        """The request lines the server logged (after stop())."""
+        return [line for line in self.stderr.splitlines() if '"GET ' in line or '"HEAD ' in line]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=5)
+        self.stderr = err.decode(errors="replace")
