@@ -150,7 +150,8 @@ class ApiServer:
             os.umask(old)
         os.chmod(path, 0o600)
         self.server.state = state
-        self.thread = threading.Thread(target=self.server.serve_forever, name="api", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="api",
+                                       daemon=True)
 
     def start(self) -> None:
         self.thread.start()

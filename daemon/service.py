@@ -21,6 +21,7 @@ class Daemon:
         self.config = config
         self.api = None
         self.store = None
+        self.signalled = False
 
     def run(self) -> int:
         import pyfuse3
@@ -42,6 +43,10 @@ class Daemon:
         ops = RafsOperations(image, self.store, enable_xattr=cfg.enable_xattr,
                              thread_num=args.thread_num, mount_time=time.time())
         clear_stale_mount(mountpoint, args.apisock)
+        # until trio listens (and after it stops), a SIGTERM/SIGINT is recorded, never fatal:
+        # the mount must always be detached on the way out
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._record_signal)
         options = {"fsname=rafs", "ro", "allow_other", "default_permissions", "noatime",
                    "nosuid", "nodev"}
         if os.geteuid() != 0:
@@ -67,11 +72,19 @@ class Daemon:
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
 
+    def _record_signal(self, signum: int, _frame) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.signalled = True
+
     async def _signals(self, nursery) -> None:
         import pyfuse3
         import trio
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            if self.signalled:  # arrived while mounting
+                pyfuse3.terminate()
+                nursery.cancel_scope.cancel()
+                return
             async for sig in signals:
                 log.info("received %s, shutting down", signal.Signals(sig).name)
                 pyfuse3.terminate()
