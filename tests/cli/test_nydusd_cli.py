@@ -1,0 +1,104 @@
+"""The nydusd command-line and config surface (nydusd-contract.md sections 1 and 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import parse_args
+from daemon.config import ConfigError, parse_config_text
+
+PYNYDUSD = Path(sys.executable).parent / "pynydusd"
+SEALER_ARGS = ["--thread-num", "10", "--log-level", "debug", "--mountpoint", "/mnt/x",
+               "--apisock", "/run/n.sock", "--id", "sealer", "--bootstrap", "rootfs.meta",
+               "--config", "httpserver.json", "--supervisor", "/run/s.sock"]
+
+
+def test_start_sh_flags_in_both_spellings():
+    spaced = parse_args(SEALER_ARGS, "nydusd")
+    joined = parse_args([f"{a}={b}" for a, b in zip(SEALER_ARGS[::2], SEALER_ARGS[1::2])], "nydusd")
+    for args in (spaced, joined):
+        assert (args.thread_num, args.log_level, args.mountpoint, args.apisock, args.id,
+                args.bootstrap, args.config, args.supervisor) == (
+            10, "debug", "/mnt/x", "/run/n.sock", "sealer", "rootfs.meta", "httpserver.json",
+            "/run/s.sock")
+    assert parse_args(["fuse", *SEALER_ARGS], "nydusd").id == "sealer"  # `nydusd fuse ...`
+
+
+@pytest.mark.parametrize("argv", [
+    SEALER_ARGS + ["--no-such-flag"],
+    [a for a in SEALER_ARGS if a not in ("--supervisor", "/run/s.sock")],  # --id alone
+    ["--thread-num", "0"] + SEALER_ARGS[2:],
+    ["--log-level", "DEBUG"] + SEALER_ARGS[2:],
+    ["--bootstrap", "x"],  # no mountpoint
+])
+def test_bad_arguments_exit_2_with_usage(argv):
+    r = subprocess.run([str(PYNYDUSD), *argv], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_startup_failure_exits_1_with_error_line(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    r = subprocess.run([str(PYNYDUSD), "--bootstrap", str(tmp_path / "missing"), "--config",
+                        str(tmp_path / "missing.json"), str(tmp_path / "mnt")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr.startswith("Error: ")
+
+
+SEALER_JSON = {"device": {"backend": {"type": "registry", "config": {
+    "scheme": "http", "host": "10.0.0.1:8000", "repo": "sealer", "some_future_key": 1}},
+    "cache": {"type": "blobcache", "config": {"work_dir": "./cache"}}},
+    "mode": "direct", "digest_validate": False, "enable_xattr": True,
+    "fs_prefetch": {"enable": True, "threads_count": 1, "merging_size": 131072,
+                    "bandwidth_rate": 10485760}, "unknown_top_level": {"x": 1}}
+
+
+def test_sealer_v1_config_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config_text(json.dumps(SEALER_JSON))
+    s = cfg.storage
+    assert (s.backend_type, s.backend_config["host"], s.cache_type) == (
+        "registry", "10.0.0.1:8000", "blobcache")
+    assert s.work_dir == os.path.join(str(tmp_path), "cache")  # relative to the cwd
+    assert s.prefetch_enable and s.prefetch_all  # v1 default prefetch_all = true
+    assert (s.prefetch_threads, s.prefetch_merging_size, s.prefetch_bandwidth_rate) == (
+        1, 131072, 10485760)
+    assert cfg.enable_xattr and not s.digest_validate
+
+
+def test_v2_toml_defaults_differ():
+    cfg = parse_config_text('''
+version = 2
+[backend]
+type = "localfs"
+[backend.localfs]
+dir = "/srv/blobs"
+[cache]
+type = "blobcache"
+[cache.filecache]
+work_dir = "/var/cache/x"
+[rafs]
+mode = "direct"
+[rafs.prefetch]
+enable = true
+''')
+    assert cfg.version == 2 and cfg.storage.backend_config["dir"] == "/srv/blobs"
+    assert cfg.storage.prefetch_enable and not cfg.storage.prefetch_all  # v2 default false
+
+
+@pytest.mark.parametrize("text, what", [
+    ("{", "failed to parse"),
+    (json.dumps({"device": {"backend": {"type": "registry", "config": {}}}, "mode": "direct"}),
+     "host"),
+    (json.dumps({**SEALER_JSON, "mode": "fast"}), "mode"),
+    (json.dumps({**SEALER_JSON, "fs_prefetch": {"enable": True, "threads_count": 0}}),
+     "threads_count"),
+])
+def test_bad_configs_say_why(text, what):
+    with pytest.raises(ConfigError, match=what):
+        parse_config_text(text)
