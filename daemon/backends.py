@@ -55,11 +55,13 @@ class Backend:
             with self.lock:
                 self.stats["read_errors"] += 1
             raise
+        ms = (time.monotonic() - start) * 1000
+        log.debug("%s read blob %s bytes %d-%d: %.1f ms", self.kind, blob_id, offset,
+                  offset + size - 1, ms)
         with self.lock:
             self.stats["read_count"] += 1
             self.stats["read_amount_total"] += len(data)
-            self.stats["read_cumulative_latency_millis_total"] += int(
-                (time.monotonic() - start) * 1000)
+            self.stats["read_cumulative_latency_millis_total"] += int(ms)
         return data
 
     def _read(self, blob_id: str, offset: int, size: int) -> bytes:

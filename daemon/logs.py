@@ -47,5 +47,5 @@ def set_level(level: str) -> None:
         raise ValueError(f"invalid log level {level!r}")
     logging.getLogger().setLevel(value)
     # third-party chatter (urllib3, trio) only at trace level
-    for name in ("urllib3", "trio"):
+    for name in ("urllib3", "trio", "pyfuse3"):
         logging.getLogger(name).setLevel(max(value, logging.INFO if value <= 5 else logging.WARNING))

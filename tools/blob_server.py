@@ -28,6 +28,7 @@ class BlobHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "pynydus-blob-server"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     sys_version = ""
 
     def log_message(self, fmt: str, *args) -> None:

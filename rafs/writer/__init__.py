@@ -1,0 +1,1 @@
+"""Layout writers: turn a source tree into RAFS bootstraps and blobs."""

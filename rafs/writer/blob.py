@@ -1,0 +1,78 @@
+"""Blob writer: chunk file data, compress, deduplicate by digest, name the blob by its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+from .. import codecs
+from ..errors import RafsError
+from ..model import CHUNK_COMPRESSED, ChunkInfo
+
+
+class BlobWriter:
+    """Appends chunks to a temporary blob file; `finish` renames it to its sha256 id."""
+
+    def __init__(self, blob_dir: str, compressor: str, digester: str, chunk_size: int,
+                 align: int = 1) -> None:
+        os.makedirs(blob_dir, exist_ok=True)
+        self.blob_dir = blob_dir
+        self.compressor, self.digester = compressor, digester
+        self.chunk_size, self.align = chunk_size, align
+        fd, self.tmp = tempfile.mkstemp(prefix=".blob-", dir=blob_dir)
+        self.f = os.fdopen(fd, "wb")
+        self.sha = hashlib.sha256()
+        self.c_off = self.d_off = 0
+        self.chunks: dict[bytes, ChunkInfo] = {}
+        self.count = 0
+
+    def add(self, data: bytes) -> ChunkInfo:
+        """Store one chunk (or reuse an identical one); return its record."""
+        digest = codecs.digest(self.digester, data)
+        known = self.chunks.get(digest)
+        if known is not None and known.uncompressed_size == len(data):
+            return known
+        packed = codecs.compress(self.compressor, data) if self.compressor != "none" else data
+        flags = CHUNK_COMPRESSED
+        if len(packed) >= len(data):
+            packed, flags = data, 0
+        self.f.write(packed)
+        self.sha.update(packed)
+        info = ChunkInfo(0, self.count, flags, self.c_off, len(packed), self.d_off, len(data), digest)
+        self.count += 1
+        self.c_off += len(packed)
+        self.d_off += -(-len(data) // self.align) * self.align
+        self.chunks[digest] = info
+        return info
+
+    def add_file(self, path: str, size: int) -> list[ChunkInfo]:
+        """Chunk a whole file; the file must still have `size` bytes when read."""
+        out = []
+        try:
+            with open(path, "rb") as f:
+                for off in range(0, size, self.chunk_size):
+                    data = f.read(min(self.chunk_size, size - off))
+                    if len(data) != min(self.chunk_size, size - off):
+                        raise RafsError(f"{path} changed during the build (shrank)")
+                    out.append(self.add(data))
+                if f.read(1):
+                    raise RafsError(f"{path} changed during the build (grew)")
+        except OSError as e:
+            raise RafsError(f"cannot read {path}: {e.strerror}") from None
+        return out
+
+    def finish(self) -> tuple[str, int] | None:
+        """Close and rename the blob to its id; None (and no file) if it holds no chunk."""
+        self.f.close()
+        if self.count == 0:
+            os.unlink(self.tmp)
+            return None
+        blob_id = self.sha.hexdigest()
+        os.replace(self.tmp, os.path.join(self.blob_dir, blob_id))
+        return blob_id, self.c_off
+
+    def abort(self) -> None:
+        self.f.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
