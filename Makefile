@@ -29,10 +29,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(wildcard setup.py)
 	touch $@
 
 test: setup
+	$(VENV)/bin/ruff check rafs daemon tools tests fixtures
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check rafs daemon tools tests
+	$(VENV)/bin/ruff check rafs daemon tools tests fixtures
 
 clean:
 	rm -rf $(VENV) build dist fixtures/build *.egg-info

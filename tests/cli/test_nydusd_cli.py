@@ -21,7 +21,7 @@ SEALER_ARGS = ["--thread-num", "10", "--log-level", "debug", "--mountpoint", "/m
 
 def test_start_sh_flags_in_both_spellings():
     spaced = parse_args(SEALER_ARGS, "nydusd")
-    joined = parse_args([f"{a}={b}" for a, b in zip(SEALER_ARGS[::2], SEALER_ARGS[1::2])], "nydusd")
+    joined = parse_args([f"{a}={b}" for a, b in zip(SEALER_ARGS[::2], SEALER_ARGS[1::2], strict=True)], "nydusd")
     for args in (spaced, joined):
         assert (args.thread_num, args.log_level, args.mountpoint, args.apisock, args.id,
                 args.bootstrap, args.config, args.supervisor) == (
