@@ -9,6 +9,7 @@ import sys
 import rafs
 from rafs.writer.tree import scan
 from rafs.writer.v5 import V5Writer, write_bootstrap
+from rafs.writer.v6 import V6Writer
 
 
 def _chunk_size(text: str) -> int:
@@ -23,9 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="source directory")
     parser.add_argument("--bootstrap", "-B", required=True, help="where to write the bootstrap")
     parser.add_argument("--blob-dir", "-D", required=True, help="where to write the blob")
-    parser.add_argument("--fs-version", "-v", default="5", choices=["5", "6"],
-                        help="RAFS version (only 5 is written by this release)")
-    parser.add_argument("--compressor", "-c", default="lz4_block",
+    parser.add_argument("--fs-version", "-v", default="6", choices=["5", "6"],
+                        help="RAFS version (default 6)")
+    parser.add_argument("--compressor", "-c", default="zstd",
                         choices=["none", "lz4_block", "zstd"])
     parser.add_argument("--digester", "-d", default="blake3", choices=["blake3", "sha256"])
     parser.add_argument("--chunk-size", "-S", type=_chunk_size, default=0x100000)
@@ -37,20 +38,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `pynydus-image create`; returns the exit status."""
-    if args.fs_version != "5":
-        print("pynydus-image: --fs-version 6 is not written by this release yet (use 5)",
-              file=sys.stderr)
-        return 1
     try:
         tree = scan(args.source)
-        writer = V5Writer(args.blob_dir, args.compressor, args.digester, args.chunk_size,
-                          args.repeatable)
+        cls = V6Writer if args.fs_version == "6" else V5Writer
+        writer = cls(args.blob_dir, args.compressor, args.digester, args.chunk_size,
+                     args.repeatable)
         bootstrap, blob_id = writer.build(tree)
         write_bootstrap(bootstrap, args.bootstrap)
     except (rafs.RafsError, OSError) as e:
         print(f"pynydus-image: {e}", file=sys.stderr)
         return 1
-    facts = {"version": "5", "bootstrap": args.bootstrap, "blobs": [blob_id] if blob_id else [],
+    facts = {"version": args.fs_version, "bootstrap": args.bootstrap, "blobs": [blob_id] if blob_id else [],
              "chunk_count": writer.blob.count, "compressed_size": writer.blob.c_off,
              "uncompressed_size": writer.blob.d_off}
     if args.output_json:

@@ -8,7 +8,7 @@ import sys
 
 # subcommand -> module exposing configure(parser) and run(args) -> int
 SUBCOMMANDS = {
-    "create": ("tools.create_cmd", "build a RAFS v5 image from a directory"),
+    "create": ("tools.create_cmd", "build a RAFS v5/v6 image from a directory"),
     "inspect": ("tools.inspect_cmd", "print an image's tree, or verify every chunk"),
 }
 

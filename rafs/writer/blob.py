@@ -62,6 +62,14 @@ class BlobWriter:
             raise RafsError(f"cannot read {path}: {e.strerror}") from None
         return out
 
+    def append_raw(self, data: bytes) -> int:
+        """Append non-chunk bytes (ci table, headers); returns their offset in the blob."""
+        off = self.c_off
+        self.f.write(data)
+        self.sha.update(data)
+        self.c_off += len(data)
+        return off
+
     def finish(self) -> tuple[str, int] | None:
         """Close and rename the blob to its id; None (and no file) if it holds no chunk."""
         self.f.close()
