@@ -39,17 +39,21 @@ clean:
 	rm -rf $(VENV) build dist fixtures/build *.egg-info
 
 # ---- sample image, demo mount, drop-in ------------------------------------------------------
-SAMPLE := fixtures/build/sample-v5
+SAMPLE := fixtures/build/sample-v6
 RUN_DIR := .run
 RUN_PORT ?= 18000
 
-fixtures: $(SAMPLE)/bootstrap
+# the sample source tree (every entry type) and its images: v6/zstd (default) and v5/lz4_block
+fixtures: fixtures/build/sample-v6/bootstrap fixtures/build/sample-v5/bootstrap
 
-$(SAMPLE)/bootstrap: fixtures/make_sample_tree.py $(VENV)/.installed $(wildcard rafs/writer/*.py)
+fixtures/build/sample-src/README.txt: fixtures/make_sample_tree.py $(VENV)/.installed
 	$(PY) fixtures/make_sample_tree.py fixtures/build/sample-src
-	rm -rf $(SAMPLE)
-	$(VENV)/bin/pynydus-image create --blob-dir $(SAMPLE)/blobs --bootstrap $(SAMPLE)/bootstrap \
-	    --chunk-size 0x10000 fixtures/build/sample-src
+
+fixtures/build/sample-v%/bootstrap: fixtures/build/sample-src/README.txt $(wildcard rafs/writer/*.py)
+	rm -rf fixtures/build/sample-v$*
+	$(VENV)/bin/pynydus-image create --fs-version $* \
+	    --compressor $(if $(filter 5,$*),lz4_block,zstd) --chunk-size 0x10000 \
+	    --blob-dir fixtures/build/sample-v$*/blobs --bootstrap $@ fixtures/build/sample-src
 
 run: setup fixtures
 	@$(MAKE) -s stop >/dev/null 2>&1 || true

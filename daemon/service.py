@@ -35,6 +35,7 @@ class Daemon:
 
         args, cfg = self.args, self.config
         mountpoint = os.path.realpath(args.mountpoint)
+        clear_stale_mount(mountpoint, args.apisock)
         if not os.path.isdir(mountpoint):
             raise RuntimeError(f"mountpoint {args.mountpoint} is not a directory")
         log.info("pynydusd %s (nydusd-compatible) starting, pid %d", _version(), os.getpid())
@@ -42,7 +43,6 @@ class Daemon:
         self.store = BlobStore(image, cfg.storage)
         ops = RafsOperations(image, self.store, enable_xattr=cfg.enable_xattr,
                              thread_num=args.thread_num, mount_time=time.time())
-        clear_stale_mount(mountpoint, args.apisock)
         # until trio listens (and after it stops), a SIGTERM/SIGINT is recorded, never fatal:
         # the mount must always be detached on the way out
         for sig in (signal.SIGTERM, signal.SIGINT):

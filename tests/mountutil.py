@@ -24,15 +24,21 @@ def require_fuse() -> None:
         pytest.skip("/dev/fuse is missing")
 
 
-def fstype_at(path: str | Path) -> str | None:
+def mount_at(path: str | Path) -> tuple[str, str] | None:
+    """(mount id, fstype) of the topmost mount at `path`, or None."""
     real = os.path.realpath(path)
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             if fields[4] == real:
-                found = fields[fields.index("-") + 1]
+                found = (fields[0], fields[fields.index("-") + 1])
     return found
+
+
+def fstype_at(path: str | Path) -> str | None:
+    m = mount_at(path)
+    return m[1] if m else None
 
 
 def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
@@ -50,17 +56,37 @@ class Daemon:
     def __init__(self, argv: list[str], mountpoint: Path, cwd: str | None = None,
                  wait: bool = True) -> None:
         self.mountpoint = Path(mountpoint)
-        self.log = open(self.mountpoint.parent / f"{self.mountpoint.name}.log", "w+b")
+        self.log = open(self.mountpoint.parent / f"{self.mountpoint.name}.{id(self)}.log", "w+b")
+        before = mount_at(self.mountpoint)
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
         if wait:
+            def ready() -> bool:
+                if self.proc.poll() is not None:
+                    return True
+                now = mount_at(self.mountpoint)
+                if now is None or now[1] != "fuse":
+                    return False
+                if before is None:
+                    return True
+                if b"mounted at" not in self._raw():
+                    return False
+                try:  # replacing a dead mount (mount ids get reused): wait until it answers
+                    os.stat(self.mountpoint)
+                    return True
+                except OSError:
+                    return False
             try:
-                wait_for(lambda: fstype_at(self.mountpoint) == "fuse" or self.proc.poll() is not None,
-                         what="the FUSE mount")
+                wait_for(ready, what="the FUSE mount")
             except AssertionError:
                 self.stop()
                 raise
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
+
+    def _raw(self) -> bytes:
+        self.log.flush()
+        with open(self.log.name, "rb") as f:
+            return f.read()
 
     def output(self) -> str:
         self.log.flush()

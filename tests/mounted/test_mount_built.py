@@ -1,0 +1,135 @@
+"""Builder outputs through a real mount; restarts over stale mounts; the API socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.mountutil import PYNYDUSD, BlobServerProc, Daemon, fstype_at, require_fuse
+from tests.treeutil import make_source, source_manifest
+
+IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
+
+
+def build(src: Path, out: Path, version: str) -> None:
+    subprocess.run([str(IMAGE_TOOL), "create", "--fs-version", version, "--chunk-size", "0x10000",
+                    "--blob-dir", str(out / "blobs"), "--bootstrap", str(out / "bootstrap"),
+                    str(src)], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("built")
+    src = make_source(tmp)
+    for v in ("5", "6"):
+        build(src, tmp / f"v{v}", v)
+    return tmp, src
+
+
+@pytest.mark.parametrize("version", ["5", "6"])
+def test_mount_of_builder_output_equals_source(built, tmp_path, version):
+    require_fuse()
+    tmp, src = built
+    server = BlobServerProc(tmp / f"v{version}/blobs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / f"v{version}/bootstrap"), "--backend",
+                f"http://127.0.0.1:{server.port}/sample", "--cache-dir", str(tmp_path / "cache"),
+                str(mnt)], mnt)
+    try:
+        got, want = source_manifest(mnt), source_manifest(src)
+        # nydusd policies: the root shows 0755; everything else is exactly the source tree
+        assert stat.S_IMODE(got[b"/"][0]) == 0o755
+        got[b"/"] = want[b"/"] = None
+        assert got == want
+        d.assert_clean_log()
+    finally:
+        d.stop()
+        server.stop()
+
+
+def _api(sock: Path, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(sock))
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+              f"Connection: close\r\n\r\n".encode() + body)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload
+
+
+def test_api_socket(built, tmp_path):
+    require_fuse()
+    tmp, _src = built
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"device": {"backend": {"type": "localfs", "config": {
+        "dir": str(tmp / "v6/blobs"), "auth": "c2VjcmV0OnBhc3N3b3Jk"}},
+        "cache": {"type": "blobcache", "config": {"work_dir": str(tmp_path / "cache")}}},
+        "mode": "direct"}))
+    mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
+    mnt.mkdir()
+    sock.write_text("stale")  # a stale file is replaced
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--config", str(cfg),
+                "--apisock", str(sock), str(mnt)], mnt)
+    try:
+        (mnt / "data/text-1m.txt").read_bytes()
+        from tests.mountutil import wait_for
+
+        wait_for(lambda: sock.is_socket(), what="the API socket")
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        code, body = _api(sock, "GET", "/api/v1/daemon")
+        info = json.loads(body)
+        assert code == 200 and info["state"] == "RUNNING" and "version" in info
+        assert b"c2VjcmV0" not in body  # credentials never leave the daemon
+        code, body = _api(sock, "GET", "/api/v1/metrics")
+        m = json.loads(body)
+        assert code == 200 and m["data_read"] >= 1114112 and len(m["fop_hits"]) == 15
+        code, body = _api(sock, "GET", "/api/v1/metrics/backend")
+        assert json.loads(body)["read_count"] > 0
+        code, body = _api(sock, "GET", "/api/v1/metrics/blobcache")
+        assert code == 200 and "whole_hits" in json.loads(body)
+        code, body = _api(sock, "GET", "/metrics")
+        assert code == 200 and b"pynydusd_storage_read_count" in body
+        code, body = _api(sock, "GET", "/api/v1/nothing")
+        assert code == 404 and json.loads(body)["code"] == "UNDEFINED"
+        code, body = _api(sock, "PUT", "/api/v1/daemon/fuse/takeover")
+        assert code == 501
+        code, _ = _api(sock, "PUT", "/api/v1/daemon", b'{"log_level": "warn"}')
+        assert code == 204
+    finally:
+        d.stop()
+    assert not sock.exists()
+
+
+def test_restart_over_a_killed_daemons_mount(built, tmp_path):
+    require_fuse()
+    tmp, _src = built
+    mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
+    mnt.mkdir()
+    argv = [str(PYNYDUSD), "--bootstrap", str(tmp / "v5/bootstrap"), "--backend",
+            str(tmp / "v5/blobs"), "--cache-dir", str(tmp_path / "cache"), "--apisock", str(sock),
+            str(mnt)]
+    first = Daemon(argv, mnt)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    with pytest.raises(OSError):  # the dead mount: ENOTCONN
+        os.listdir(mnt)
+    second = Daemon(argv, mnt)
+    try:
+        assert (mnt / "README.txt").read_bytes().startswith(b"pynydusd sample image")
+        assert "stale FUSE mount" in second.output()
+    finally:
+        second.stop()
+        first.stop()
+    assert fstype_at(mnt) is None
