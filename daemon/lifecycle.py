@@ -87,3 +87,28 @@ def replace_socket_file(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOATIME = 1, 2, 4, 1024
+MAX_READ = 1 << 20
+
+
+def kernel_mount(mountpoint: str) -> int:
+    """Mount FUSE at `mountpoint` directly with mount(2); return the /dev/fuse fd.
+
+    Doing this before pyfuse3 and trio are imported puts the mount in place within tens of
+    milliseconds of exec. The kernel queues requests until the FUSE session (started later on
+    `/dev/fd/<fd>`) answers INIT, so early callers (overlayfs) simply wait for replies.
+    """
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    opts = (f"fd={fd},rootmode=40000,user_id={os.geteuid()},group_id={os.getegid()},"
+            f"default_permissions,max_read={MAX_READ}")
+    if os.geteuid() == 0:
+        opts += ",allow_other"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOATIME
+    if libc.mount(b"rafs", os.fsencode(mountpoint), b"fuse", flags, opts.encode()) != 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"cannot mount FUSE at {mountpoint}: {os.strerror(err)}")
+    return fd

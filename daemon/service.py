@@ -10,7 +10,6 @@ import time
 
 log = logging.getLogger("pynydusd")
 
-MAX_READ = 1 << 20
 
 
 class Daemon:
@@ -24,13 +23,9 @@ class Daemon:
         self.signalled = False
 
     def run(self) -> int:
-        import pyfuse3
-        import trio
-
         import rafs
 
-        from .fs import RafsOperations
-        from .lifecycle import clear_stale_mount
+        from .lifecycle import clear_stale_mount, kernel_mount, lazy_unmount
         from .storage import BlobStore
 
         args, cfg = self.args, self.config
@@ -41,19 +36,25 @@ class Daemon:
         log.info("pynydusd %s (nydusd-compatible) starting, pid %d", _version(), os.getpid())
         image = rafs.open_image(args.bootstrap)
         self.store = BlobStore(image, cfg.storage)
-        ops = RafsOperations(image, self.store, enable_xattr=cfg.enable_xattr,
-                             thread_num=args.thread_num, mount_time=time.time())
         # until trio listens (and after it stops), a SIGTERM/SIGINT is recorded, never fatal:
         # the mount must always be detached on the way out
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._record_signal)
-        options = {"fsname=rafs", "ro", "allow_other", "default_permissions", "noatime",
-                   "nosuid", "nodev"}
-        if os.geteuid() != 0:
-            options.discard("allow_other")
-        pyfuse3.init(ops, mountpoint, options)
+        fd = kernel_mount(mountpoint)
         log.info("RAFS v%d image %s mounted at %s (%s backend, %s)", image.version, args.bootstrap,
                  mountpoint, cfg.storage.backend_type, _speedup())
+        try:
+            import pyfuse3
+            import trio
+
+            from .fs import RafsOperations
+
+            ops = RafsOperations(image, self.store, enable_xattr=cfg.enable_xattr,
+                                 thread_num=args.thread_num, mount_time=time.time())
+            pyfuse3.init(ops, f"/dev/fd/{fd}", {"fsname=rafs"})
+        except BaseException:
+            lazy_unmount(mountpoint)
+            raise
         try:
             trio.run(self._serve, ops, mountpoint)
         finally:

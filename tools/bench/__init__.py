@@ -1,0 +1,1 @@
+"""Benchmarks: figures are measured here, never asserted in tests."""
