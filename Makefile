@@ -9,7 +9,7 @@ APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv \
             erofs-utils squashfs-tools docker-registry apache2-utils util-linux curl
 PYTEST_ARGS ?=
 
-.PHONY: setup apt test run stop lint fixtures clean dropin
+.PHONY: setup apt test run stop lint fixtures clean dropin bench-lookup
 
 setup: apt $(VENV)/.installed
 
@@ -22,7 +22,7 @@ apt:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.installed: setup.cfg pyproject.toml $(wildcard setup.py)
+$(VENV)/.installed: setup.cfg pyproject.toml setup.py rafs/_speedups.c
 	$(SYS_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -30,7 +30,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(wildcard setup.py)
 
 test: setup
 	$(VENV)/bin/ruff check rafs daemon tools tests fixtures
+	$(PY) -c 'import rafs.chunkmap as c; print("chunk lookup:", c.IMPLEMENTATION)'
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@echo "== again with the pure-Python chunk lookup (PYNYDUSD_PUREPYTHON=1): format and CLI levels"
+	PYNYDUSD_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_ARGS) tests/format tests/cli
 
 lint: setup
 	$(VENV)/bin/ruff check rafs daemon tools tests fixtures
@@ -80,6 +83,9 @@ stop:
 	@-[ -f $(RUN_DIR)/blob-server.pid ] && kill $$(cat $(RUN_DIR)/blob-server.pid) 2>/dev/null; true
 	@rm -f $(RUN_DIR)/*.pid
 	@echo "stopped"
+
+bench-lookup: setup
+	$(PY) tools/bench/lookup.py
 
 dropin: setup
 	$(PY) tools/dropin.py --out dist/nydusd

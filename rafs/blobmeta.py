@@ -5,15 +5,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from . import codecs
+from . import chunkmap, codecs
 from .errors import RafsError, UnsupportedImageError
 from .model import BLOB_CHUNK_INFO_V2, CHUNK_COMPRESSED, COMPRESSORS, BlobInfo
 
 META_MAGIC = 0xB10BB10B
 META_HEADER_SIZE = 4096
 _HEADER = struct.Struct("<IIIIQQQQQI")
-_V1 = struct.Struct("<QQ")
-_V2 = struct.Struct("<QQQ")
 V2_COMPRESSED, V2_ZRAN, V2_BATCH, V2_ENCRYPTED, V2_HAS_CRC32 = 0x1, 0x2, 0x4, 0x8, 0x10
 
 
@@ -38,28 +36,19 @@ class CiTable:
 
     def entry(self, index: int) -> tuple[int, int, int, int, int]:
         """(c_off, c_size, d_off, d_size, chunk flags) of chunk `index`."""
-        if not 0 <= index < self.count:
-            raise RafsError("chunk index beyond the ci table", structure="blob meta",
-                            field="chunk_index", value=index)
-        if self.version == 1:
-            d, c = _V1.unpack_from(self.data, index * 16)
-            d_size = ((d >> 44) | ((d & 0xF00) << 12)) + 1
-            c_size = ((c >> 44) | ((c & 0xF00_0000_0000) >> 20)) + 1
-            d_off = d & 0x0000_0FFF_FFFF_F000
-            flags = CHUNK_COMPRESSED if c_size != d_size else 0
-            return c & 0xFF_FFFF_FFFF, c_size, d_off, d_size, flags
-        d, c, _data = _V2.unpack_from(self.data, index * 24)
-        v2flags = d >> 56
-        if v2flags & (V2_ZRAN | V2_BATCH | V2_ENCRYPTED):
-            raise UnsupportedImageError("zran/batch/encrypted chunks",
-                                        f"ci v2 flags {v2flags:#x} on chunk {index}")
-        if v2flags & ~0x1F:
-            raise RafsError("unknown ci v2 chunk flags", structure="blob meta", field="flags",
-                            value=hex(v2flags))
-        d_off = (d & 0xFFFF_FFFF) << 12
-        d_size = ((d >> 32) & 0xFF_FFFF) + 1
-        flags = CHUNK_COMPRESSED if v2flags & V2_COMPRESSED else 0
-        return c & 0xFF_FFFF_FFFF, c >> 40, d_off, d_size, flags
+        c_off, c_size, d_off, d_size, flags = chunkmap.ci_entry(self.data, self.version,
+                                                                self.count, index)
+        if self.version == 2:
+            if flags & (V2_ZRAN | V2_BATCH | V2_ENCRYPTED):
+                raise UnsupportedImageError("zran/batch/encrypted chunks",
+                                            f"ci v2 flags {flags:#x} on chunk {index}")
+            if flags & ~0x1F:
+                raise RafsError("unknown ci v2 chunk flags", structure="blob meta", field="flags",
+                                value=hex(flags))
+            flags = CHUNK_COMPRESSED if flags & V2_COMPRESSED else 0
+        else:
+            flags = CHUNK_COMPRESSED if flags else 0
+        return c_off, c_size, d_off, d_size, flags
 
 
 def parse_header(raw: bytes, blob: BlobInfo) -> None:

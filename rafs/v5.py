@@ -12,6 +12,7 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from . import chunkmap
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
 from .model import (
@@ -409,21 +410,8 @@ class V5Image(Image):
             return []
         if rec.flags & I_HAS_HOLE:
             return self._pieces_by_scan(rec, offset, end)
-        cs = self.chunk_size
-        pieces = []
-        for i in range(offset // cs, (end - 1) // cs + 1):
-            lo, hi = max(offset, i * cs), min(end, (i + 1) * cs)
-            if i >= rec.child_count:
-                pieces.append(ChunkPiece(None, 0, hi - lo))
-                continue
-            chunk, file_off = self._chunk(rec, i)
-            want = min(cs, rec.size - i * cs)
-            if file_off != i * cs or chunk.uncompressed_size != want:
-                raise RafsError(f"chunk {i} does not cover bytes {i * cs}..{i * cs + want}",
-                                structure="chunk record", field="file_offset", value=file_off,
-                                offset=rec.chunks_off + CHUNK_REC * i + 64)
-            pieces.append(ChunkPiece(chunk, lo - i * cs, hi - lo))
-        return pieces
+        return chunkmap.v5_pieces(self.buf.data, rec.chunks_off, rec.child_count, self.chunk_size,
+                                  rec.size, len(self.blobs), offset, size)
 
     def _pieces_by_scan(self, rec: _Rec, offset: int, end: int) -> list[ChunkPiece]:
         pieces = []

@@ -12,6 +12,7 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from . import chunkmap
 from .blobmeta import CiTable
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
@@ -48,7 +49,6 @@ INCOMPAT_DEVICE_TABLE = 0x8
 V6_KNOWN_FLAGS = 0x3FF | 0x0100_0000 | SB_ENCRYPTION_AES_128_XTS | SB_COMPAT_MASK
 FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED = 0, 2, 4
 CHUNK_FORMAT_INDEXES = 0x20
-NULL_ADDR = 0xFFFFFFFF
 MAX_SYMLINK = 4096
 INODE_CACHE_MAX = 65536
 MAX_DIR_SIZE = 1 << 32
@@ -510,32 +510,16 @@ class V6Image(Image):
                             field="chunk_index", value=c_index, offset=where)
         return ChunkInfo(blob, c_index, flags, c_off, c_size, d_off, d_size, digest, crc)
 
-    def _chunk_at(self, node: _Ino, idx_off: int, i: int) -> ChunkInfo | None:
-        where = idx_off + 8 * i
-        lo, hi, blkaddr = struct.unpack_from("<HHI", self.buf.data, where)
-        if blkaddr == NULL_ADDR:
-            return None
-        blob = (hi & 0xFF) - 1
-        c_index = (hi >> 8) << 16 | lo
-        want = min(self.chunk_size, node.size - i * self.chunk_size)
-        return self._resolve(blob, c_index, blkaddr, want, where)
-
     def file_chunks(self, ino: int) -> list[ChunkInfo]:
-        node, idx_off, count = self._regular(ino)
-        return [c for i in range(count) if (c := self._chunk_at(node, idx_off, i)) is not None]
+        return [p.chunk for p in self.chunks(ino, 0, self.getattr(ino).size) if p.chunk]
 
     def chunks(self, ino: int, offset: int, size: int) -> list[ChunkPiece]:
         node, idx_off, _count = self._regular(ino)
-        end = min(offset + size, node.size)
-        if offset < 0 or offset >= end:
-            return []
-        cs = self.chunk_size
-        pieces = []
-        for i in range(offset // cs, (end - 1) // cs + 1):
-            lo, hi = max(offset, i * cs), min(end, (i + 1) * cs)
-            chunk = self._chunk_at(node, idx_off, i)
-            pieces.append(ChunkPiece(chunk, lo - i * cs if chunk else 0, hi - lo))
-        return pieces
+        resolve = self._resolve
+        return [ChunkPiece(None, 0, n) if blob < 0 else
+                ChunkPiece(resolve(blob, c_index, blkaddr, want, where), lo, n)
+                for blob, c_index, blkaddr, want, lo, n, where in chunkmap.v6_indexes(
+                    self.buf.data, idx_off, self.chunk_size, node.size, offset, size)]
 
     def close(self) -> None:
         data = self.buf.data
