@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 
 import rafs
+from rafs.writer.tarsource import scan_tar
 from rafs.writer.tree import scan
 from rafs.writer.v5 import V5Writer, write_bootstrap
 from rafs.writer.v6 import V6Writer
@@ -21,7 +25,7 @@ def _chunk_size(text: str) -> int:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `pynydus-image create`."""
-    parser.add_argument("source", help="source directory")
+    parser.add_argument("source", help="source directory, or tar file ('-' = stdin) with --type tar-rafs")
     parser.add_argument("--bootstrap", "-B", required=True, help="where to write the bootstrap")
     parser.add_argument("--blob-dir", "-D", required=True, help="where to write the blob")
     parser.add_argument("--fs-version", "-v", default="6", choices=["5", "6"],
@@ -30,7 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         choices=["none", "lz4_block", "zstd"])
     parser.add_argument("--digester", "-d", default="blake3", choices=["blake3", "sha256"])
     parser.add_argument("--chunk-size", "-S", type=_chunk_size, default=0x100000)
-    parser.add_argument("--type", "-t", default="dir-rafs", choices=["dir-rafs"])
+    parser.add_argument("--type", "-t", default="dir-rafs", choices=["dir-rafs", "tar-rafs"],
+                        help="SOURCE is a directory (dir-rafs) or a tar file, '-' for stdin (tar-rafs)")
+    parser.add_argument("--whiteout-spec", "-W", default="oci", choices=["oci", "overlayfs"],
+                        help="keep OCI whiteouts as files (oci) or convert them for overlayfs")
     parser.add_argument("--repeatable", "-R", action="store_true",
                         help="no explicit uid/gid (stored 0), for byte-identical rebuilds")
     parser.add_argument("--output-json", "-J", help="write build facts (blob ids, sizes) here")
@@ -38,8 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `pynydus-image create`; returns the exit status."""
+    spool = tempfile.mkdtemp(prefix=".pynydus-spool-", dir=args.blob_dir if os.path.isdir(
+        args.blob_dir) else None)
     try:
-        tree = scan(args.source)
+        if args.type == "tar-rafs":
+            tree = scan_tar(args.source, spool, args.whiteout_spec)
+        else:
+            tree = scan(args.source)
         cls = V6Writer if args.fs_version == "6" else V5Writer
         writer = cls(args.blob_dir, args.compressor, args.digester, args.chunk_size,
                      args.repeatable)
@@ -48,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     except (rafs.RafsError, OSError) as e:
         print(f"pynydus-image: {e}", file=sys.stderr)
         return 1
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     facts = {"version": args.fs_version, "bootstrap": args.bootstrap, "blobs": [blob_id] if blob_id else [],
              "chunk_count": writer.blob.count, "compressed_size": writer.blob.c_off,
              "uncompressed_size": writer.blob.d_off}
