@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import rafs
 from rafs.writer.tarsource import scan_tar
@@ -41,6 +42,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeatable", "-R", action="store_true",
                         help="no explicit uid/gid (stored 0), for byte-identical rebuilds")
     parser.add_argument("--output-json", "-J", help="write build facts (blob ids, sizes) here")
+    parser.add_argument("--prefetch-policy", "-P", default="none", choices=["none", "fs"],
+                        help="fs: read absolute paths to prefetch, one per line, from stdin")
+
+
+class Progress:
+    """A one-line progress bar on stderr (files and bytes packed, rate), at most 5 updates/s."""
+
+    def __init__(self) -> None:
+        self.files = self.bytes = 0
+        self.start = self.shown = time.monotonic()
+
+    def __call__(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        now = time.monotonic()
+        if now - self.shown >= 0.2:
+            self.shown = now
+            rate = self.bytes / max(now - self.start, 1e-6) / 2**20
+            sys.stderr.write(f"\r  packed {self.files} files, {self.bytes / 2**20:.1f} MiB "
+                             f"({rate:.0f} MiB/s) ")
+            sys.stderr.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +77,16 @@ def run(args: argparse.Namespace) -> int:
         cls = V6Writer if args.fs_version == "6" else V5Writer
         writer = cls(args.blob_dir, args.compressor, args.digester, args.chunk_size,
                      args.repeatable)
-        bootstrap, blob_id = writer.build(tree)
+        if sys.stderr.isatty():
+            writer.blob.progress = Progress()
+        prefetch = None
+        if args.prefetch_policy == "fs":
+            if args.source == "-":
+                print("pynydus-image: --prefetch-policy fs reads stdin, so SOURCE cannot be '-'",
+                      file=sys.stderr)
+                return 1
+            prefetch = [line.strip() for line in sys.stdin if line.strip()]
+        bootstrap, blob_id = writer.build(tree, prefetch)
         write_bootstrap(bootstrap, args.bootstrap)
     except (rafs.RafsError, OSError) as e:
         print(f"pynydus-image: {e}", file=sys.stderr)
@@ -68,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(facts, f, indent=1)
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
     print(f"wrote {args.bootstrap}; blob {blob_id or '(none: no file data)'} "
           f"({writer.blob.count} chunks)")
     return 0

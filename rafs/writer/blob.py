@@ -26,6 +26,7 @@ class BlobWriter:
         self.c_off = self.d_off = 0
         self.chunks: dict[bytes, ChunkInfo] = {}
         self.count = 0
+        self.progress = None  # optional callable(bytes of one file), e.g. a progress bar
 
     def add(self, data: bytes) -> ChunkInfo:
         """Store one chunk (or reuse an identical one); return its record."""
@@ -60,6 +61,8 @@ class BlobWriter:
                     raise RafsError(f"{path} changed during the build (grew)")
         except OSError as e:
             raise RafsError(f"cannot read {path}: {e.strerror}") from None
+        if self.progress is not None:
+            self.progress(size)
         return out
 
     def append_raw(self, data: bytes) -> int:

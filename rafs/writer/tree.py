@@ -83,3 +83,15 @@ def bfs(root: Node) -> Iterator[tuple[Node, Node | None]]:
             yield child, parent
             if child.is_dir:
                 queue.append(child)
+
+
+def find(root: Node, path: str) -> Node:
+    """The node at absolute `path` (for prefetch lists); RafsError if absent."""
+    node = root
+    for part in os.fsencode(path).strip(b"/").split(b"/"):
+        if not part:
+            continue
+        node = next((c for c in node.children if c.name == part), None)
+        if node is None:
+            raise RafsError(f"prefetch path {path!r} is not in the source tree")
+    return node

@@ -20,7 +20,7 @@ from ..model import (
     ChunkInfo,
 )
 from .blob import BlobWriter
-from .tree import Node, bfs
+from .tree import Node, bfs, find
 
 SB_SIZE = 8192
 _SUPER = struct.Struct("<IIIIQQQQQIIIIQ")
@@ -52,7 +52,8 @@ class V5Writer:
         self.chunk_size = chunk_size
         self.repeatable = repeatable
 
-    def build(self, root: Node, prefetch: list[int] | None = None) -> tuple[bytes, str | None]:
+    def build(self, root: Node, prefetch: list[str] | None = None) -> tuple[bytes, str | None]:
+        """Write the blob; return (bootstrap bytes, blob id or None). `prefetch`: paths."""
         try:
             order = list(bfs(root))
             index = {id(n): i + 1 for i, (n, _p) in enumerate(order)}
@@ -65,7 +66,8 @@ class V5Writer:
         digests = self._digests(order, index, chunks)
         records = [self._record(n, p, index, inos, nlinks, chunks[i], digests[i])
                    for i, (n, p) in enumerate(order)]
-        return self._assemble(records, result, len(set(inos.values())), prefetch or []), \
+        table = [inos[id(find(root, p))] for p in prefetch or []]
+        return self._assemble(records, result, len(set(inos.values())), table), \
             (result[0] if result else None)
 
     def _hardlinks(self, order, index) -> tuple[dict[int, int], dict[int, int]]:

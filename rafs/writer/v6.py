@@ -22,7 +22,7 @@ from ..model import (
     ChunkInfo,
 )
 from .blob import BlobWriter
-from .tree import Node, bfs
+from .tree import Node, bfs, find
 from .v5 import COMPRESSOR_FLAGS, DIGESTER_FLAGS
 
 BS = 4096
@@ -111,7 +111,9 @@ class V6Writer:
         self.compressor, self.digester = compressor, digester
         self.chunk_size, self.repeatable = chunk_size, repeatable
 
-    def build(self, root: Node) -> tuple[bytes, str | None]:
+    def build(self, root: Node, prefetch: list[str] | None = None) -> tuple[bytes, str | None]:
+        """Write the blob; return (bootstrap bytes, blob id or None). `prefetch`: paths."""
+        self.prefetch_nodes = [find(root, p) for p in prefetch or []]
         try:
             inodes, paths = self._collect(root)
             blob = self._finish_blob()
@@ -161,7 +163,8 @@ class V6Writer:
 
     def _place(self, inodes: list[_Ino], root: Node) -> None:
         """Assign inode offsets (nids), inline or plain data, in BFS order."""
-        self.inode_start = BS * 2  # block 0: superblocks + slots, block 1: blob table
+        # block 0: superblocks + device slots; block 1..: blob table, then the prefetch table
+        self.inode_start = _align(BS + 256 + 4 * len(self.prefetch_nodes), BS)
         self.meta_blkaddr = self.inode_start // BS - 1
         off = self.inode_start
         for ino in inodes:
@@ -279,8 +282,11 @@ class V6Writer:
         flags |= 0 if self.repeatable else SB_EXPLICIT_UID_GID
         if any(i.xattr for i in inodes):
             flags |= SB_HAS_XATTR
+        pt = b"".join(struct.pack("<I", self.of[id(n)].nid) for n in self.prefetch_nodes)
+        pt_off = BS + 256 if pt else 0
+        out[pt_off:pt_off + len(pt)] = pt
         out[1152:1152 + _EXT.size] = _EXT.pack(flags, BS, 256 * nblobs, self.chunk_size,
-                                               ct_off, ct_size, 0, 0)
+                                               ct_off, ct_size, pt_off, len(pt))
         if blob:
             blob_id = blob[0].encode()
             out[1408:1408 + _SLOT.size] = _SLOT.pack(blob_id, blocks, mapped)

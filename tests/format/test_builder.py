@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -118,3 +119,19 @@ def test_v6_output_mounts_with_the_kernel_and_passes_fsck(tmp_path, compressor):
     want = source_manifest(src)
     # the kernel shows the stored root mtime (0) and the same everything else
     assert kernel == want
+
+
+@pytest.mark.parametrize("version", ["5", "6"])
+def test_prefetch_list_becomes_the_prefetch_table(tmp_path, version):
+    src = make_source(tmp_path)
+    out = tmp_path / "img"
+    r = subprocess.run([str(IMAGE_TOOL), "create", "--fs-version", version, "--prefetch-policy",
+                        "fs", "--blob-dir", str(out / "blobs"), "--bootstrap",
+                        str(out / "bootstrap"), "--output-json", str(out / "out.json"), str(src)],
+                       input="/etc\n/data/text-1m.txt\n", capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    image = rafs.open_image(out / "bootstrap")
+    paths = dict(walk(image))
+    assert image.prefetch == [paths[b"/etc"].ino, paths[b"/data/text-1m.txt"].ino]
+    facts = json.loads((out / "out.json").read_text())
+    assert facts["blobs"] == [b.blob_id for b in image.blobs] and facts["chunk_count"] > 0
