@@ -66,8 +66,15 @@ class BlobWriter:
         return out
 
     def append_raw(self, data: bytes) -> int:
-        """Append non-chunk bytes (ci table, headers); returns their offset in the blob."""
+        """Append non-chunk bytes (ci table, headers); returns their offset in the blob.
+
+        The first call also records sha256(chunk data + these bytes), the ToC's `image.blob`
+        digest when the first thing appended is the chunk data's tar header."""
         off = self.c_off
+        if not hasattr(self, "data_sha_with_header"):
+            h = self.sha.copy()
+            h.update(data)
+            self.data_sha_with_header = h.digest()
         self.f.write(data)
         self.sha.update(data)
         self.c_off += len(data)

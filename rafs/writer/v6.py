@@ -9,16 +9,18 @@ uncompressed chunk offsets are 4 KiB aligned; the blob carries its ci table (v1 
 
 from __future__ import annotations
 
+import hashlib
 import stat
 import struct
+import tarfile
 
 from ..errors import RafsError
 from ..model import (
-    BLOB_ALIGNED,
     COMPRESSORS,
     DIGESTERS,
     SB_EXPLICIT_UID_GID,
     SB_HAS_XATTR,
+    SB_INLINED_CHUNK_DIGEST,
     ChunkInfo,
 )
 from .blob import BlobWriter
@@ -34,6 +36,10 @@ _INODE = struct.Struct("<HHHHQIIIIQII16x")
 _DIRENT = struct.Struct("<QHBx")
 _CHUNK = struct.Struct("<32sIIIIQQQII")
 _META = struct.Struct("<IIIIQQQQQI")
+_TOC = struct.Struct("<I4x16s32sQQQ48x")
+# blob features of a blob written here: ALIGNED, INLINED_CHUNK_DIGEST, HAS_TAR_HEADER, HAS_TOC,
+# CAP_TAR_TOC (what nydus-image 2.2+ writes: 0x70000021)
+FEATURES = 0x7000_0021
 FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED = 0, 2, 4
 _XPREFIX = ((b"user.", 1), (b"trusted.", 4), (b"security.", 6))
 _FTYPE = {stat.S_IFREG: 1, stat.S_IFDIR: 2, stat.S_IFCHR: 3, stat.S_IFBLK: 4, stat.S_IFIFO: 5,
@@ -143,15 +149,35 @@ class V6Writer:
         return inodes, paths
 
     def _finish_blob(self):
+        """Append what follows the chunk data (rafs-format.md 6.2): tar-headed image.blob, ci table
+        and its header, the chunk digest array, and the ToC that finds them from the end."""
         if self.blob.count == 0:
             return self.blob.finish()
-        entries = b"".join(self._ci_entry(c) for c in sorted(self.blob.chunks.values(),
-                                                               key=lambda c: c.chunk_index))
-        self.ci = (self.blob.append_raw(entries), len(entries))
-        self.blob.append_raw(_META.pack(0xB10BB10B, BLOB_ALIGNED, 0, self.blob.count,
-                                        self.ci[0], len(entries), len(entries), 0, 0, 0)
-                             + bytes(4096 - _META.size - 4) + struct.pack("<I", 0xB10BB10B))
-        return self.blob.finish()
+        b = self.blob
+        chunks = sorted(b.chunks.values(), key=lambda c: c.chunk_index)
+        data_size = b.c_off
+        blob_hdr = _tar_header("image.blob", data_size)
+        b.append_raw(blob_hdr)
+        entries = b"".join(self._ci_entry(c) for c in chunks)
+        ci_off = b.append_raw(entries)
+        self.ci = (ci_off, len(entries))
+        meta_header = (_META.pack(0xB10BB10B, FEATURES, 0, b.count, ci_off, len(entries),
+                                  len(entries), 0, 0, 0)
+                       + bytes(4096 - _META.size - 4) + struct.pack("<I", 0xB10BB10B))
+        header_off = b.append_raw(meta_header)
+        b.append_raw(_tar_header("blob.meta", len(entries) + 4096))
+        digests = b"".join(c.digest for c in chunks)
+        digest_off = b.append_raw(digests)
+        b.append_raw(_tar_header("blob.digest", len(digests)))
+        toc = b"".join(_TOC.pack(1, name, digest, off, size, size) for name, digest, off, size in (
+            (b"image.blob", b.data_sha_with_header, 0, data_size),
+            (b"blob.meta", hashlib.sha256(entries).digest(), ci_off, len(entries)),
+            (b"blob.meta.header", hashlib.sha256(meta_header).digest(), header_off, 4096),
+            (b"blob.digest", hashlib.sha256(digests).digest(), digest_off, len(digests))))
+        toc_hdr = _tar_header("rafs.blob.toc", len(toc))
+        b.append_raw(toc + toc_hdr)
+        self.toc = (len(toc) + 512, hashlib.sha256(toc + toc_hdr).digest())
+        return b.finish()
 
     @staticmethod
     def _ci_entry(c: ChunkInfo) -> bytes:
@@ -282,6 +308,8 @@ class V6Writer:
         flags |= 0 if self.repeatable else SB_EXPLICIT_UID_GID
         if any(i.xattr for i in inodes):
             flags |= SB_HAS_XATTR
+        if blob:
+            flags |= SB_INLINED_CHUNK_DIGEST
         pt = b"".join(struct.pack("<I", self.of[id(n)].nid) for n in self.prefetch_nodes)
         pt_off = BS + 256 if pt else 0
         out[pt_off:pt_off + len(pt)] = pt
@@ -293,5 +321,13 @@ class V6Writer:
             ci_off, ci_size = self.ci
             out[BS:BS + _BLOB.size] = _BLOB.pack(
                 blob_id, 0, self.chunk_size, self.blob.count, COMPRESSORS.index(self.compressor),
-                DIGESTERS.index(self.digester), BLOB_ALIGNED, blob[1], d_size, 0, 0, ci_off,
-                ci_size, ci_size, bytes(32), bytes(32), 0, bytes(8), 0)
+                DIGESTERS.index(self.digester), FEATURES, blob[1], d_size, self.toc[0], 0, ci_off,
+                ci_size, ci_size, self.toc[1], bytes(32), 0, bytes(8), 0)
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    """A 512-byte GNU tar header (placed after the data it describes, as nydus-image does)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o444
+    return info.tobuf(format=tarfile.GNU_FORMAT)

@@ -135,3 +135,31 @@ def test_prefetch_list_becomes_the_prefetch_table(tmp_path, version):
     assert image.prefetch == [paths[b"/etc"].ino, paths[b"/data/text-1m.txt"].ino]
     facts = json.loads((out / "out.json").read_text())
     assert facts["blobs"] == [b.blob_id for b in image.blobs] and facts["chunk_count"] > 0
+
+
+def test_v6_blob_carries_ci_table_digests_and_toc(tmp_path):
+    from rafs.toc import extract_entry, read_toc
+
+    src = make_source(tmp_path)
+    out = tmp_path / "img"
+    assert build(src, out, "--chunk-size", "0x10000").returncode == 0
+    blob = next((out / "blobs").iterdir()).read_bytes()
+
+    def read(o, n):
+        return blob[o:o + n]
+
+    entries = {e.name: e for e in read_toc(read, len(blob))}
+    assert set(entries) == {b"image.blob", b"blob.meta", b"blob.meta.header", b"blob.digest"}
+    for name, e in entries.items():
+        if name != b"image.blob":
+            extract_entry(e, read, len(blob))  # checks each entry's sha256
+    data = entries[b"image.blob"]
+    assert hashlib.sha256(blob[:data.compressed_size + 512]).digest() == data.digest
+    image = rafs.open_image(out / "bootstrap")
+    info = image.blobs[0]
+    assert info.toc_size == 128 * 4 + 512
+    assert hashlib.sha256(blob[-info.toc_size:]).digest() == info.toc_digest
+    digests = extract_entry(entries[b"blob.digest"], read, len(blob))
+    chunks = {c.chunk_index: c.digest for _p, i in walk(image) if i.is_reg
+              for c in image.file_chunks(i.ino)}
+    assert {k: digests[32 * k:32 * k + 32] for k in chunks} == chunks
