@@ -52,6 +52,7 @@ _EXT_BLOB = struct.Struct("<IIQQ40x")
 INODE_HDR = 128
 CHUNK_REC = 80
 MAX_SYMLINK = 4096
+MAX_FILE_SIZE = 1 << 62  # keeps every offset computation inside 64-bit signed range
 INODE_CACHE_MAX = 65536
 
 
@@ -251,6 +252,9 @@ class V5Image(Image):
         if stat.S_IFMT(mode) not in _FILE_TYPES:
             raise RafsError("bad file type", structure="inode", field="i_mode", value=oct(mode),
                             offset=off + 60)
+        if size >= MAX_FILE_SIZE:
+            raise RafsError("file size implausibly large", structure="inode", field="i_size",
+                            value=size, offset=off + 64)
         pos = off + INODE_HDR
         name = b.bytes(pos, name_size, "inode", "name")
         if index == 1:
@@ -411,7 +415,7 @@ class V5Image(Image):
         if rec.flags & I_HAS_HOLE:
             return self._pieces_by_scan(rec, offset, end)
         return chunkmap.v5_pieces(self.buf.data, rec.chunks_off, rec.child_count, self.chunk_size,
-                                  rec.size, len(self.blobs), offset, size)
+                                  rec.size, len(self.blobs), offset, end - offset)
 
     def _pieces_by_scan(self, rec: _Rec, offset: int, end: int) -> list[ChunkPiece]:
         pieces = []

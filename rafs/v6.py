@@ -38,7 +38,7 @@ from .model import (
     Inode,
 )
 from .names import XATTR_VALUE_MAX, check_name, check_xattr_name
-from .v5 import compressor_from_flags, digester_from_flags
+from .v5 import MAX_FILE_SIZE, compressor_from_flags, digester_from_flags
 
 V6_MAGIC = 0xE0F5E1E2
 SUPER_OFF = 1024
@@ -256,6 +256,9 @@ class V6Image(Image):
         if stat.S_IFMT(mode) not in _FILE_TYPES:
             raise RafsError("bad file type", structure="inode", field="i_mode", value=oct(mode),
                             offset=off + 4)
+        if size >= MAX_FILE_SIZE:
+            raise RafsError("file size implausibly large", structure="inode", field="i_size",
+                            value=size, offset=off + 8)
         if layout not in (FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED):
             raise RafsError("unsupported data layout", structure="inode", field="i_format",
                             value=layout, offset=off)
@@ -515,6 +518,9 @@ class V6Image(Image):
 
     def chunks(self, ino: int, offset: int, size: int) -> list[ChunkPiece]:
         node, idx_off, _count = self._regular(ino)
+        if offset < 0 or offset >= node.size or size <= 0:
+            return []
+        size = min(size, node.size - offset)  # keeps offset + size inside 64 bits
         resolve = self._resolve
         return [ChunkPiece(None, 0, n) if blob < 0 else
                 ChunkPiece(resolve(blob, c_index, blkaddr, want, where), lo, n)
