@@ -71,3 +71,39 @@ class Registry:
 
 def wait_quiet(seconds: float = 0.05) -> None:
     time.sleep(seconds)
+
+
+class ScriptedServer:
+    """A threaded HTTP server on 127.0.0.1 whose answers come from `respond(handler) -> (status,
+    headers, body)`; it records (method, path, headers) of every request it saw."""
+
+    def __init__(self, respond) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                seen.append(("GET", self.path, dict(self.headers)))
+                status, headers, body = respond(self)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,99 @@
+"""Registry backend HTTP behaviour against scripted servers on 127.0.0.1: redirects, retries,
+proxy fallback, lying bodies."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from daemon.backends import make_backend
+from daemon.storage_errors import BackendError
+from tests.servers import ScriptedServer
+
+BLOB = bytes(range(256)) * 64
+BLOB_ID = "ab" * 32
+AUTH = base64.b64encode(b"user:pw").decode()
+
+
+def ranged(h):
+    m = re.match(r"bytes=(\d+)-(\d+)", h.headers.get("Range", ""))
+    a, b = int(m.group(1)), int(m.group(2))
+    return 206, {"Content-Range": f"bytes {a}-{b}/{len(BLOB)}"}, BLOB[a:b + 1]
+
+
+def registry_for(server, **extra):
+    return make_backend("registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}",
+                                     "repo": "lib/img", **extra})
+
+
+def test_redirect_is_followed_without_leaking_credentials():
+    target = ScriptedServer(ranged)
+
+    def origin(h):
+        if h.headers.get("Authorization") != f"Basic {AUTH}":
+            return 401, {"WWW-Authenticate": 'Basic realm="x"'}, b""
+        return 307, {"Location": f"{target.url}/storage/blob?sig=1"}, b""
+
+    reg = ScriptedServer(origin)
+    try:
+        data = registry_for(reg, auth=AUTH).read(BLOB_ID, 100, 1000)
+        assert data == BLOB[100:1100]
+        assert target.seen and all("Authorization" not in h for _m, _p, h in target.seen)
+        assert target.seen[0][2]["Range"] == "bytes=100-1099"
+    finally:
+        reg.stop()
+        target.stop()
+
+
+def test_temporary_failures_are_retried_then_succeed():
+    calls = []
+
+    def flaky(h):
+        calls.append(1)
+        if len(calls) <= 2:
+            return 503, {}, b"busy"
+        return ranged(h)
+
+    s = ScriptedServer(flaky)
+    try:
+        assert registry_for(s).read(BLOB_ID, 0, 10) == BLOB[:10]
+        assert len(calls) == 3
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("lie", ["short", "long", "html200", "status500"])
+def test_lying_servers_never_yield_wrong_bytes(lie):
+    def liar(h):
+        status, headers, body = ranged(h)
+        if lie == "short":
+            return 206, headers, body[:-1]
+        if lie == "long":
+            return 206, headers, body + b"x"
+        if lie == "html200":
+            return 200, {"Content-Type": "text/html"}, b"<html>error</html>"
+        return 500, {}, b"oops"
+
+    s = ScriptedServer(liar)
+    try:
+        with pytest.raises(BackendError):
+            registry_for(s, retry_limit=1).read(BLOB_ID, 0, 100)
+    finally:
+        s.stop()
+
+
+def test_proxy_failure_falls_back_to_the_registry():
+    proxy = ScriptedServer(lambda h: (502, {}, b"bad gateway"))
+    reg = ScriptedServer(ranged)
+    try:
+        backend = registry_for(reg, proxy={"url": proxy.url})
+        assert backend.read(BLOB_ID, 5, 20) == BLOB[5:25]
+        assert proxy.seen and reg.seen  # tried the proxy first, then went direct
+        no_fallback = registry_for(reg, proxy={"url": proxy.url, "fallback": False}, retry_limit=0)
+        with pytest.raises(BackendError):
+            no_fallback.read(BLOB_ID, 5, 20)
+    finally:
+        proxy.stop()
+        reg.stop()
