@@ -193,4 +193,10 @@ class Image:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release the mapping of the bootstrap file."""
+        """Release the mapping of the bootstrap file (a no-op while chunk lists still use it)."""
+        data = getattr(getattr(self, "buf", None), "data", None)
+        if hasattr(data, "close"):
+            try:
+                data.close()
+            except BufferError:
+                pass

@@ -443,14 +443,6 @@ class V5Image(Image):
             pieces.append(ChunkPiece(None, 0, end - pos))
         return pieces
 
-    def close(self) -> None:
-        data = self.buf.data
-        if hasattr(data, "close"):
-            try:
-                data.close()
-            except BufferError:
-                pass
-
 
 _FILE_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK,
                stat.S_IFIFO, stat.S_IFSOCK}

@@ -527,10 +527,3 @@ class V6Image(Image):
                 for blob, c_index, blkaddr, want, lo, n, where in chunkmap.v6_indexes(
                     self.buf.data, idx_off, self.chunk_size, node.size, offset, size)]
 
-    def close(self) -> None:
-        data = self.buf.data
-        if hasattr(data, "close"):
-            try:
-                data.close()
-            except BufferError:
-                pass
