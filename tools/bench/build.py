@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         "pynydus-image v5 lz4_block": lambda o: [tool, "create", "--fs-version", "5", "--compressor",
                                                  "lz4_block", "--blob-dir", f"{o}/b", "--bootstrap",
                                                  f"{o}/m", str(src)],
-        "mksquashfs (zstd)": lambda o: ["mksquashfs", str(src), f"{o}/img", "-comp", "zstd",
+        "mksquashfs (zstd level 3)": lambda o: ["mksquashfs", str(src), f"{o}/img", "-comp", "zstd", "-Xcompression-level", "3",
                                         "-no-progress", "-quiet"],
-        "mkfs.erofs (uncompressed)": lambda o: ["mkfs.erofs", "-q", f"{o}/img", str(src)],
-        "mkfs.erofs (lz4)": lambda o: ["mkfs.erofs", "-q", "-zlz4", f"{o}/img", str(src)],
+        "mkfs.erofs (uncompressed)": lambda o: ["mkfs.erofs", "--quiet", f"{o}/img", str(src)],
+        "mkfs.erofs (lz4)": lambda o: ["mkfs.erofs", "--quiet", "-zlz4", f"{o}/img", str(src)],
     }
     times: dict[str, list[float]] = {k: [] for k in jobs}
     for _ in range(args.rounds):
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             subprocess.run(cmd(out), check=True, stdout=subprocess.DEVNULL)
             times[name].append(time.perf_counter() - t)
+            print(f"  ... {name}: {times[name][-1]:.1f} s", flush=True)
     total = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
     print(f"tree: {args.files} small files + {args.gib} GiB of data ({total / 2**30:.2f} GiB), "
           f"{os.cpu_count()} cores, median of {args.rounds}")
