@@ -88,8 +88,19 @@ class Fetcher:
                 return data
         return None
 
-    def get_chunks(self, chunks: Sequence[ChunkInfo], max_request: int) -> dict[tuple[int, int], bytes]:
-        """Data of every chunk, keyed by (blob_index, compressed_offset)."""
+    def _present(self, c: ChunkInfo) -> bool:
+        """In memory or ready on disk (no counters touched)."""
+        with self.lock:
+            if self._key(c) in self.mem:
+                return True
+        return self.cache is not None and self.cache.is_ready(c)
+
+    def get_chunks(self, chunks: Sequence[ChunkInfo], max_request: int,
+                   amplify: int = 0) -> dict[tuple[int, int], bytes]:
+        """Data of every chunk, keyed by (blob_index, compressed_offset).
+
+        Missing chunks are fetched in merged runs of at most `max_request` bytes; with `amplify`
+        > 0 each run is also widened to the following chunks of its blob, up to `amplify` bytes."""
         out: dict[tuple[int, int], bytes] = {}
         missing = []
         for c in chunks:
@@ -102,10 +113,37 @@ class Fetcher:
             else:
                 out[key] = data
         if missing:
-            self._fetch_missing(missing, max_request, out)
+            self._fetch_missing(missing, max_request, amplify, out)
         return out
 
-    def _fetch_missing(self, missing: list[ChunkInfo], max_request: int, out: dict) -> None:
+    def _neighbours(self, missing: list[ChunkInfo], limit: int) -> list[ChunkInfo]:
+        """Chunks that follow the missing ones in their blob, not yet cached, up to `limit` bytes
+        per run: a small read then also brings what is likely read next (nydusd's amplify_io)."""
+        by_index = getattr(self.image, "chunk_by_index", None)
+        if by_index is None or limit <= 0:
+            return []
+        extra, have = [], {self._key(c) for c in missing}
+        for c in missing:
+            size, idx = c.compressed_size, c.chunk_index + 1
+            while size < limit:
+                n = by_index(c.blob_index, idx)
+                if n is None or self._key(n) in have or self._present(n):
+                    break
+                size += n.compressed_size
+                if size > limit:
+                    break
+                extra.append(n)
+                have.add(self._key(n))
+                idx += 1
+        return extra
+
+    def _fetch_missing(self, missing: list[ChunkInfo], max_request: int, amplify: int,
+                       out: dict) -> None:
+        wanted = {self._key(c) for c in missing}
+        try:
+            missing = missing + self._neighbours(missing, amplify)
+        except Exception as e:  # widening is an optimisation: never let it fail a read
+            log.debug("not widening the read: %s", e)
         mine, theirs = [], []
         with self.lock:
             for c in missing:
@@ -117,11 +155,13 @@ class Fetcher:
                 else:
                     theirs.append((key, flight))
         try:
-            for run in merge_ranges(mine, max_request):
+            for run in merge_ranges(mine, max(max_request, amplify)):
                 self._fetch_run(run, out)
         finally:
             self._abort_unfinished(mine)
         for key, flight in theirs:
+            if key not in wanted:
+                continue  # a neighbour someone else is already fetching: not needed here
             flight.event.wait()
             if flight.error is not None:
                 raise StorageError(f"chunk fetch failed: {flight.error}")

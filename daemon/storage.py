@@ -21,6 +21,8 @@ __all__ = ["BlobStore", "StorageError", "StorageOptions"]
 
 log = logging.getLogger(__name__)
 
+MERGE_LIMIT = 1 << 20  # chunks a read needs anyway are fetched in runs of up to this many bytes
+
 
 @dataclass
 class StorageOptions:
@@ -88,7 +90,7 @@ class BlobStore:
     def read(self, pieces: Sequence[rafs.ChunkPiece]) -> bytes:
         """The bytes of `pieces` concatenated (holes as zeros); raises StorageError on failure."""
         chunks = [p.chunk for p in pieces if p.chunk is not None]
-        got = self.fetcher.get_chunks(chunks, self.options.amplify_io or (1 << 20)) if chunks else {}
+        got = self.fetcher.get_chunks(chunks, MERGE_LIMIT, self.options.amplify_io) if chunks else {}
         out = []
         for p in pieces:
             if p.chunk is None:

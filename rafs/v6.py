@@ -459,6 +459,15 @@ class V6Image(Image):
     def has_ci_table(self, blob_index: int) -> bool:
         return blob_index in self._ci
 
+    def chunk_by_index(self, blob_index: int, chunk_index: int) -> ChunkInfo | None:
+        """Chunk `chunk_index` of a blob whose ci table is attached (None otherwise or past the end);
+        the storage layer uses it to widen small reads to neighbouring chunks."""
+        table = self._ci.get(blob_index)
+        if table is None or not 0 <= chunk_index < table.count:
+            return None
+        _c_off, _c_size, d_off, d_size, _flags = table.entry(chunk_index)
+        return self._resolve(blob_index, chunk_index, d_off // self.block_size, d_size, -1)
+
     def _regular(self, ino: int) -> tuple[_Ino, int, int]:
         node = self._inode(ino)
         if not stat.S_ISREG(node.mode):

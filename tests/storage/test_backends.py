@@ -129,3 +129,25 @@ def test_single_flight_and_merging(v5, tmp_path):
         assert store.backend.stats["read_count"] <= 3
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("amplify, extra_requests", [(0, 1), (1 << 20, 0)])
+def test_amplify_io_widens_small_reads_to_neighbouring_chunks(nydus_fixtures, amplify,
+                                                              extra_requests):
+    boot, blob_dir = real_images(nydus_fixtures)["v6-zstd"]
+    server = BlobServerProc(blob_dir)
+    try:
+        image = rafs.open_image(boot)
+        store = BlobStore(image, StorageOptions(
+            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
+            cache_type="", amplify_io=amplify))
+        store.load_blob_meta()
+        paths = dict(walk(image))
+        first, second = paths[b"/lib.rs"], paths[b"/sync_io.rs"]
+        store.read(image.chunks(first.ino, 0, 100))
+        before = store.backend.stats["read_count"]
+        data = store.read(image.chunks(second.ino, 0, second.size))
+        assert len(data) == second.size
+        assert store.backend.stats["read_count"] - before == extra_requests
+    finally:
+        server.stop()

@@ -25,11 +25,12 @@ from rafs.localblob import LocalBlobs, walk
 SOURCE = "/usr/lib/python3.11"
 
 
-def cold_read(image_path: Path, url: str, repo: str, paths: list, work: Path) -> dict:
+def cold_read(image_path: Path, url: str, repo: str, paths: list, work: Path,
+              amplify: int) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     image = rafs.open_image(image_path)
     opts = StorageOptions("registry", {"scheme": "http", "host": url, "repo": repo},
-                          work_dir=str(work), amplify_io=1 << 20)
+                          work_dir=str(work), amplify_io=amplify)
     store = BlobStore(image, opts)
     store.load_blob_meta()
     meta = dict(store.backend.stats)
@@ -59,8 +60,10 @@ def main() -> int:
         files = [i for _p, i in walk(image) if i.is_reg and i.size]
         sample = random.Random(1).sample(files, max(1, len(files) // 100))
         host = f"127.0.0.1:{reg.port}"
-        one = cold_read(tmp / "bootstrap", host, "bench/python", sample, tmp / "c1")
-        full = cold_read(tmp / "bootstrap", host, "bench/python", files, tmp / "c2")
+        runs = {}
+        for amp in (0, 128 << 10, 1 << 20):
+            runs[amp] = (cold_read(tmp / "bootstrap", host, "bench/python", sample, tmp / "c1", amp),
+                         cold_read(tmp / "bootstrap", host, "bench/python", files, tmp / "c2", amp))
         t = time.perf_counter()
         subprocess.run(["curl", "-s", "-o", str(tmp / "whole"), f"{reg.url}/v2/bench/python/blobs/"
                         f"sha256:{blob.name}"], check=True)
@@ -73,13 +76,15 @@ def main() -> int:
     finally:
         reg.stop()
     print(f"image: {SOURCE}, {len(files)} files, blob {blob.stat().st_size / 2**20:.1f} MiB (zstd)")
-    for name, r in (("cold read of 1% of the files", one), ("cold read of every file", full)):
-        print(f"  {name}: read {r['read'] / 2**20:.2f} MiB, fetched {r['fetched'] / 2**20:.2f} MiB "
-              f"(compressed), fetched/read {r['fetched'] / r['read']:.3f}, {r['requests']} requests, "
-              f"{r['seconds']:.2f} s")
     print(f"  curl of the whole blob {curl:.2f} s + reading the tree from the local blob "
-          f"{local_read:.2f} s = {curl + local_read:.2f} s; pynydusd cold full read / that = "
-          f"{full['seconds'] / (curl + local_read):.2f}")
+          f"{local_read:.2f} s = {curl + local_read:.2f} s")
+    for amp, (one, full) in runs.items():
+        print(f"  amplify_io {amp >> 10} KiB:")
+        for name, r in (("cold read of 1% of the files", one), ("cold read of every file", full)):
+            print(f"    {name}: read {r['read'] / 2**20:.2f} MiB, fetched "
+                  f"{r['fetched'] / 2**20:.2f} MiB (compressed), fetched/read "
+                  f"{r['fetched'] / r['read']:.3f}, {r['requests']} requests, {r['seconds']:.2f} s")
+        print(f"    cold full read / (curl + local read) = {full['seconds'] / (curl + local_read):.2f}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
