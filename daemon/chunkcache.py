@@ -77,7 +77,9 @@ class BlobCacheFile:
         if not self.usable(chunk) or self.ready[chunk.chunk_index]:
             return False
         try:
-            os.pwrite(self.data_fd, data, chunk.uncompressed_offset)
+            written = os.pwrite(self.data_fd, data, chunk.uncompressed_offset)
+            if written != len(data):  # a filling disk can write part of it without an error
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
             if self.durable:
                 os.fdatasync(self.data_fd)
             os.pwrite(self.ready_fd, b"\1", HEADER_SIZE + chunk.chunk_index)

@@ -84,9 +84,14 @@ class Fetcher:
             if data is not None:
                 with self.lock:
                     self.stats["disk_hits"] += 1
-                    self.mem[key] = data
+                    self._remember(key, data)
                 return data
         return None
+
+    def _remember(self, key: tuple[int, int], data: bytes) -> None:
+        """Keep a chunk in the memory LRU (caller holds the lock); chunks larger than it are not."""
+        if len(data) <= self.mem.maxsize:
+            self.mem[key] = data
 
     def _present(self, c: ChunkInfo) -> bool:
         """In memory or ready on disk (no counters touched)."""
@@ -204,7 +209,7 @@ class Fetcher:
     def _land(self, c: ChunkInfo, data: bytes) -> None:
         key = self._key(c)
         with self.lock:
-            self.mem[key] = data
+            self._remember(key, data)
             flight = self.flights.pop(key, None)
         if flight is not None:
             flight.data = data
