@@ -22,3 +22,12 @@ def nydus_fixtures() -> Path:
 def need_root(reason: str = "needs root") -> None:
     if os.geteuid() != 0:
         pytest.skip(reason)
+
+
+# Property tests are reproducible in `make test` (a CI run never turns red by chance);
+# PYNYDUSD_FUZZ=random explores new examples on every run.
+from hypothesis import settings as _hsettings  # noqa: E402
+
+_hsettings.register_profile("reproducible", derandomize=True, database=None)
+_hsettings.register_profile("random", derandomize=False, database=None)
+_hsettings.load_profile("random" if os.environ.get("PYNYDUSD_FUZZ") == "random" else "reproducible")
