@@ -14,10 +14,95 @@ import requests
 from tests.mountutil import free_port, wait_for
 
 
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenIssuer:
+    """A token server for docker-registry's `auth: token`: RS256 JWTs with an x5c certificate
+    (self-signed, made with openssl), granting the scope asked for to `user`/`password` only."""
+
+    service, issuer = "test-registry", "test-issuer"
+
+    def __init__(self, root: Path, user: str, password: str) -> None:
+        import base64
+        import json
+        import threading
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.key, self.cert = root / "key.pem", root / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        str(self.key), "-out", str(self.cert), "-days", "1", "-subj", "/CN=token"],
+                       check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        issuer = self
+        self.requests: list[tuple[str, dict]] = []
+        good = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self, params: dict) -> None:
+                issuer.requests.append((self.command, params))
+                if self.headers.get("Authorization") != good:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": issuer.sign(params.get("scope", ""), der),
+                                   "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                q = urllib.parse.urlsplit(self.path).query
+                self._answer(dict(urllib.parse.parse_qsl(q)))
+
+            def do_POST(self) -> None:  # noqa: N802
+                n = int(self.headers.get("Content-Length") or 0)
+                self._answer(dict(urllib.parse.parse_qsl(self.rfile.read(n).decode())))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def sign(self, scope: str, der: bytes) -> str:
+        import base64
+        import json
+        import time
+
+        access = []
+        for item in scope.split():
+            kind, name, actions = item.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        claims = {"iss": self.issuer, "sub": "alice", "aud": self.service, "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": str(now), "access": access}
+        signing = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                             input=signing.encode(), check=True, capture_output=True).stdout
+        return f"{signing}.{_b64url(sig)}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Registry:
     """docker-registry (distribution 2.x) with filesystem storage; optional htpasswd basic auth."""
 
-    def __init__(self, root: Path, user: str | None = None, password: str | None = None) -> None:
+    def __init__(self, root: Path, user: str | None = None, password: str | None = None,
+                 token: TokenIssuer | None = None) -> None:
         if not shutil.which("docker-registry"):
             pytest.skip("Debian's docker-registry is not installed")
         root.mkdir(parents=True, exist_ok=True)
@@ -29,7 +114,11 @@ class Registry:
             f"    rootdirectory: {root}/data", "  delete:", "    enabled: true", "http:",
             f"  addr: 127.0.0.1:{self.port}",
         ]
-        if user:
+        if token:
+            cfg += ["auth:", "  token:", f"    realm: {token.url}/token",
+                    f"    service: {token.service}", f"    issuer: {token.issuer}",
+                    f"    rootcertbundle: {token.cert}"]
+        elif user:
             htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password], check=True,
                                       capture_output=True, text=True).stdout
             (root / "htpasswd").write_text(htpasswd)
@@ -47,16 +136,18 @@ class Registry:
         except requests.RequestException:
             return False
 
-    def push_blob(self, repo: str, data: bytes) -> str:
+    def push_blob(self, repo: str, data: bytes, bearer: str | None = None) -> str:
         """Upload `data` as a blob (monolithic upload); return its sha256 hex id."""
         digest = hashlib.sha256(data).hexdigest()
-        r = requests.post(f"{self.url}/v2/{repo}/blobs/uploads/", auth=self.auth, timeout=10)
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        r = requests.post(f"{self.url}/v2/{repo}/blobs/uploads/", auth=self.auth, timeout=10,
+                          headers=headers)
         assert r.status_code == 202, r.text
         loc = r.headers["Location"]
         loc = loc if loc.startswith("http") else self.url + loc
         sep = "&" if "?" in loc else "?"
         r = requests.put(f"{loc}{sep}digest=sha256:{digest}", data=data, auth=self.auth, timeout=30,
-                         headers={"Content-Type": "application/octet-stream"})
+                         headers={"Content-Type": "application/octet-stream", **headers})
         assert r.status_code == 201, r.text
         return digest
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
 import threading
 
 import pytest
@@ -151,3 +152,32 @@ def test_amplify_io_widens_small_reads_to_neighbouring_chunks(nydus_fixtures, am
         assert store.backend.stats["read_count"] - before == extra_requests
     finally:
         server.stop()
+
+
+def test_registry_bearer_token_auth(v5, tmp_path):
+    from tests.servers import TokenIssuer
+
+    boot, blob_dir, blob = v5
+    issuer = TokenIssuer(tmp_path / "tok", "alice", "s3cret")
+    reg = Registry(tmp_path / "reg", token=issuer)
+    try:
+        der = subprocess.run(["openssl", "x509", "-in", str(issuer.cert), "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        push = issuer.sign("repository:private/img:pull,push", der)
+        reg.push_blob("private/img", blob.read_bytes(), bearer=push)
+        cfg = {"scheme": "http", "host": f"127.0.0.1:{reg.port}", "repo": "private/img",
+               "auth": base64.b64encode(b"alice:s3cret").decode()}
+        backend = make_backend("registry", cfg)
+        assert backend.read(blob.name, 10, 5000) == blob.read_bytes()[10:5010]
+        assert backend.read(blob.name, 0, 10) == blob.read_bytes()[:10]  # the token is reused
+        token_requests = [r for r in issuer.requests if r[1].get("scope")]
+        assert len(token_requests) == 1
+        method, params = token_requests[0]
+        assert method == "POST" and params["service"] == "test-registry"
+        assert params["scope"] == "repository:private/img:pull"
+        bad = make_backend("registry", cfg | {"auth": base64.b64encode(b"alice:nope").decode()})
+        with pytest.raises(BackendError):
+            bad.read(blob.name, 0, 10)
+    finally:
+        reg.stop()
+        issuer.stop()
