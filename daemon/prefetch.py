@@ -66,16 +66,17 @@ class Prefetcher:
             t.start()
             self.threads.append(t)
 
-    def _files(self) -> Iterator[int]:
-        """Inode numbers of regular files to prefetch, in priority order (may repeat)."""
+    def _files(self) -> Iterator[tuple[int, int]]:
+        """(stage, inode number) of regular files to prefetch, in priority order (may repeat):
+        stage 0 the image's prefetch table, 1 the listed files, 2 everything else."""
         for ino in self.image.prefetch:
-            yield from self._subtree(ino)
+            yield from ((0, i) for i in self._subtree(ino))
         for path in self.options.prefetch_files:
             ino = self._resolve(path)
             if ino is not None:
-                yield from self._subtree(ino)
+                yield from ((1, i) for i in self._subtree(ino))
         if self.options.prefetch_all:
-            yield from self._subtree(self.image.root_ino)
+            yield from ((2, i) for i in self._subtree(self.image.root_ino))
 
     def _resolve(self, path: str) -> int | None:
         ino = self.image.root_ino
@@ -105,7 +106,12 @@ class Prefetcher:
     def _runs(self) -> Iterator[list[ChunkInfo]]:
         seen: set[tuple[int, int]] = set()
         batch: list[ChunkInfo] = []
-        for ino in self._files():
+        current = 0
+        for stage, ino in self._files():
+            if stage != current and batch:  # never let later stages overtake earlier ones
+                yield from merge_ranges(batch, self.options.prefetch_merging_size)
+                batch = []
+            current = stage
             for c in self.image.file_chunks(ino):
                 key = (c.blob_index, c.compressed_offset)
                 if key in seen:

@@ -181,3 +181,55 @@ def test_registry_bearer_token_auth(v5, tmp_path):
     finally:
         reg.stop()
         issuer.stop()
+
+
+def test_prefetch_fetches_the_prefetch_table_first_then_everything(tmp_path):
+    import re
+    import time
+
+    from tests.servers import ScriptedServer
+    from tests.treeutil import make_source
+
+    src = make_source(tmp_path)
+    out = tmp_path / "img"
+    tool = __import__("sys").executable.rsplit("/", 1)[0] + "/pynydus-image"
+    subprocess.run([tool, "create", "--chunk-size", "0x10000", "--prefetch-policy", "fs",
+                    "--blob-dir", str(out / "blobs"), "--bootstrap", str(out / "bootstrap"),
+                    str(src)], input=b"/data/random-300k.bin\n", check=True, capture_output=True)
+    data = next((out / "blobs").iterdir()).read_bytes()
+
+    def ranged(h):
+        a, b = map(int, re.match(r"bytes=(\d+)-(\d+)", h.headers["Range"]).groups())
+        return 206, {"Content-Range": f"bytes {a}-{b}/{len(data)}"}, data[a:b + 1]
+
+    server = ScriptedServer(ranged)
+    try:
+        image = rafs.open_image(out / "bootstrap")
+        store = BlobStore(image, StorageOptions(
+            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
+            work_dir=str(tmp_path / "cache"), prefetch_enable=True, prefetch_threads=1,
+            prefetch_merging_size=1 << 16))
+        store.load_blob_meta()
+        meta_requests = len(server.seen)
+        store.start_prefetch()
+        deadline = time.monotonic() + 30
+        while not store.metrics()["data_all_ready"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        m = store.metrics()
+        assert m["data_all_ready"] and m["prefetch_done"] == m["prefetch_total"] > 0
+        target = image.lookup(image.lookup(image.root_ino, b"data").ino, b"random-300k.bin")
+        first = image.file_chunks(target.ino)[0]
+        a = int(re.match(r"bytes=(\d+)-", server.seen[meta_requests][2]["Range"]).group(1))
+        assert a == first.compressed_offset  # the listed file came first
+        store.close()
+        # everything is cached now: reading every file makes no request
+        n = len(server.seen)
+        warm = BlobStore(rafs.open_image(out / "bootstrap"), StorageOptions(
+            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
+            work_dir=str(tmp_path / "cache")))
+        for _p, i in walk(warm.image):
+            if i.is_reg:
+                warm.read(warm.image.chunks(i.ino, 0, i.size))
+        assert len(server.seen) == n
+    finally:
+        server.stop()
