@@ -11,7 +11,6 @@ import time
 log = logging.getLogger("pynydusd")
 
 
-
 class Daemon:
     """One mount of one image, from start to a clean exit."""
 
