@@ -70,8 +70,17 @@ class BlobStore:
         self.ci_loaded = False
 
     def load_blob_meta(self) -> None:
-        """v6: fetch each blob's ci table and resolve chunks through it (best effort)."""
-        if self.ci_loaded or self.image.version != 6:
+        """v6: fetch each blob's ci table and resolve chunks through it (best effort); v5: index the
+        chunks by blob position, so that small reads can be widened (amplify_io)."""
+        if self.ci_loaded:
+            return
+        if self.image.version == 5:
+            if self.options.amplify_io > 0 and any(b.chunk_count for b in self.image.blobs):
+                try:
+                    self.image.build_chunk_index()
+                except rafs.RafsError as e:
+                    log.warning("cannot index the image's chunks (%s): reads are not widened", e)
+            self.ci_loaded = True
             return
         from rafs.blobmeta import read_ci_table
 

@@ -396,6 +396,28 @@ class V5Image(Image):
                             value=d_size, offset=off + 44)
         return ChunkInfo(blob_index, index, flags, c_off, c_size, d_off, d_size, digest, crc), file_off
 
+    def build_chunk_index(self) -> None:
+        """Index every chunk by (blob, chunk index) so that `chunk_by_index` can find a chunk's
+        neighbours in its blob (v5 has no blob-wide table). Walks every inode record once: run it
+        in the background; until it finishes `chunk_by_index` answers None."""
+        index: dict[tuple[int, int], tuple[int, int]] = {}
+        for i in range(1, self._itable_entries + 1):
+            rec = self._decode(i)  # bypasses the inode cache on purpose
+            if stat.S_ISREG(rec.mode):
+                for k in range(rec.child_count):
+                    off = rec.chunks_off + CHUNK_REC * k
+                    blob = self.buf.u32(off + 32, "chunk record", "blob_index")
+                    idx = self.buf.u32(off + 72, "chunk record", "index")
+                    index.setdefault((blob, idx), (i, k))
+        self._chunk_index = index
+
+    def chunk_by_index(self, blob_index: int, chunk_index: int) -> ChunkInfo | None:
+        """Chunk `chunk_index` of blob `blob_index`, once `build_chunk_index` has run (else None)."""
+        where = getattr(self, "_chunk_index", {}).get((blob_index, chunk_index))
+        if where is None:
+            return None
+        return self._chunk(self._record(where[0]), where[1])[0]
+
     def file_chunks(self, ino: int) -> list[ChunkInfo]:
         rec = self._regular(ino)
         return [self._chunk(rec, i)[0] for i in range(rec.child_count)]

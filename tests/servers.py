@@ -26,7 +26,7 @@ class TokenIssuer:
 
     service, issuer = "test-registry", "test-issuer"
 
-    def __init__(self, root: Path, user: str, password: str) -> None:
+    def __init__(self, root: Path, user: str, password: str, ttl: int = 300) -> None:
         import base64
         import json
         import threading
@@ -35,6 +35,7 @@ class TokenIssuer:
 
         root.mkdir(parents=True, exist_ok=True)
         self.key, self.cert = root / "key.pem", root / "cert.pem"
+        self.ttl = ttl
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
                         str(self.key), "-out", str(self.cert), "-days", "1", "-subj", "/CN=token"],
                        check=True, capture_output=True)
@@ -56,7 +57,7 @@ class TokenIssuer:
                     self.end_headers()
                     return
                 body = json.dumps({"token": issuer.sign(params.get("scope", ""), der),
-                                   "expires_in": 300}).encode()
+                                   "expires_in": issuer.ttl}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -86,7 +87,7 @@ class TokenIssuer:
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
-        claims = {"iss": self.issuer, "sub": "alice", "aud": self.service, "exp": now + 300,
+        claims = {"iss": self.issuer, "sub": "alice", "aud": self.service, "exp": now + self.ttl,
                   "nbf": now - 10, "iat": now, "jti": str(now), "access": access}
         signing = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
         sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
@@ -102,11 +103,11 @@ class Registry:
     """docker-registry (distribution 2.x) with filesystem storage; optional htpasswd basic auth."""
 
     def __init__(self, root: Path, user: str | None = None, password: str | None = None,
-                 token: TokenIssuer | None = None) -> None:
+                 token: TokenIssuer | None = None, port: int | None = None) -> None:
         if not shutil.which("docker-registry"):
             pytest.skip("Debian's docker-registry is not installed")
         root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.auth = (user, password) if user else None
         cfg = [

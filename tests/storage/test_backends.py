@@ -278,3 +278,59 @@ def test_localfs_blob_file_and_alt_dirs(v5, tmp_path):
     (tmp_path / "empty" / blob.name).write_bytes(b"")  # empty file in `dir`: use alt_dirs
     alt = LocalfsBackend({"dir": str(tmp_path / "empty"), "alt_dirs": [str(blob_dir)]})
     assert alt.read(blob.name, 100, 10) == blob.read_bytes()[100:110]
+
+
+@pytest.mark.parametrize("amplify, extra_requests", [(0, 1), (1 << 20, 0)])
+def test_amplify_io_on_v5(tmp_path, amplify, extra_requests):
+    from tests.treeutil import make_source
+
+    src = make_source(tmp_path)
+    out = tmp_path / "img"
+    tool = __import__("sys").executable.rsplit("/", 1)[0] + "/pynydus-image"
+    subprocess.run([tool, "create", "--fs-version", "5", "--chunk-size", "0x10000", "--blob-dir",
+                    str(out / "blobs"), "--bootstrap", str(out / "bootstrap"), str(src)],
+                   check=True, capture_output=True)
+    server = BlobServerProc(out / "blobs")
+    try:
+        image = rafs.open_image(out / "bootstrap")
+        store = BlobStore(image, StorageOptions(
+            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
+            cache_type="", amplify_io=amplify))
+        store.load_blob_meta()
+        paths = dict(walk(image))
+        # /many/file-0000 and -0001 are neighbours in the blob
+        store.read(image.chunks(paths[b"/many/file-0000"].ino, 0, 2))
+        before = store.backend.stats["read_count"]
+        assert store.read(image.chunks(paths[b"/many/file-0001"].ino, 0, 2)) == b"1\n"
+        assert store.backend.stats["read_count"] - before == extra_requests
+    finally:
+        server.stop()
+
+
+def test_rejected_bearer_token_is_refreshed_on_401(v5, tmp_path):
+    from tests.servers import TokenIssuer
+
+    _boot, _blob_dir, blob = v5
+    first = TokenIssuer(tmp_path / "tok1", "alice", "s3cret")
+    reg = Registry(tmp_path / "reg", token=first)
+    second = None
+    try:
+        der = subprocess.run(["openssl", "x509", "-in", str(first.cert), "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        reg.push_blob("private/img", blob.read_bytes(),
+                      bearer=first.sign("repository:private/img:pull,push", der))
+        backend = make_backend("registry", {
+            "scheme": "http", "host": f"127.0.0.1:{reg.port}", "repo": "private/img",
+            "auth": base64.b64encode(b"alice:s3cret").decode()})
+        assert backend.read(blob.name, 0, 100) == blob.read_bytes()[:100]
+        # the registry restarts trusting another issuer: the cached token now gets a 401
+        reg.stop()
+        second = TokenIssuer(tmp_path / "tok2", "alice", "s3cret")
+        reg = Registry(tmp_path / "reg", token=second, port=reg.port)
+        assert backend.read(blob.name, 100, 100) == blob.read_bytes()[100:200]
+        assert len([r for r in second.requests if r[1].get("scope")]) == 1
+    finally:
+        reg.stop()
+        first.stop()
+        if second is not None:
+            second.stop()
