@@ -34,6 +34,13 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@echo "== again with the pure-Python chunk lookup (PYNYDUSD_PUREPYTHON=1): format and CLI levels"
 	PYNYDUSD_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_ARGS) tests/format tests/cli
+	@echo "== a bounded fuzz run of the RAFS readers (make fuzz RUNS=1000000 for a long one)"
+	$(PY) -m tools.fuzz --seconds $(FUZZ_SECONDS) --corpus .fuzz/corpus --artifacts .fuzz/findings
+
+FUZZ_SECONDS ?= 20
+RUNS ?= 1000000
+fuzz: setup
+	$(PY) -m tools.fuzz --runs $(RUNS) --corpus .fuzz/corpus --artifacts .fuzz/findings
 
 lint: setup
 	$(VENV)/bin/ruff check rafs daemon tools tests fixtures

@@ -3,7 +3,10 @@
 Missing chunks of one read are grouped by blob, sorted by compressed offset and merged into as
 few range requests as the layout allows (adjacent compressed ranges, up to a size limit). A chunk
 being fetched by one thread is waited for, never fetched again, by the others (single flight).
-Every chunk's decompressed size is checked; its digest too when `digest_validate` is on.
+Every chunk's decompressed size is checked. Its digest is checked when it comes from a remote
+backend (the network is untrusted) and, with `digest_validate`, also from localfs and the disk
+cache. A run whose data fails these checks is fetched again, up to the backend's retry count,
+before the read fails.
 """
 
 from __future__ import annotations
@@ -62,11 +65,13 @@ class Fetcher:
         self.backend = backend
         self.cache = cache
         self.digest_validate = digest_validate
+        self.verify_fetched = digest_validate or backend.kind != "localfs"
+        self.data_retries = max(int(getattr(backend, "retries", 0) or 0), 1)
         self.mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, 1), getsizeof=len)
         self.lock = threading.Lock()
         self.flights: dict[tuple[int, int], _Flight] = {}
         self.stats = {"mem_hits": 0, "disk_hits": 0, "misses": 0, "requests": 0,
-                      "bytes_fetched": 0, "errors": 0}
+                      "bytes_fetched": 0, "errors": 0, "bad_data": 0}
 
     def _key(self, c: ChunkInfo) -> tuple[int, int]:
         return (c.blob_index, c.compressed_offset)
@@ -81,6 +86,12 @@ class Fetcher:
                 return data
         if self.cache is not None:
             data = self.cache.get(c)
+            if data is not None and self.digest_validate:
+                blob = self.image.blobs[c.blob_index]
+                if codecs.digest(blob.digester, data) != c.digest:
+                    log.warning("blob %s: cached chunk %d fails its digest: fetching it again",
+                                blob.blob_id, c.chunk_index)
+                    data = None
             if data is not None:
                 with self.lock:
                     self.stats["disk_hits"] += 1
@@ -177,30 +188,37 @@ class Fetcher:
         start = first.compressed_offset
         size = last.compressed_offset + last.compressed_size - start
         blob = self.image.blobs[first.blob_index]
+        digester = blob.digester if self.verify_fetched else None
         with self.lock:
-            self.stats["requests"] += 1
             self.stats["misses"] += len(run)
-        try:
-            raw = self.backend.read(blob.blob_id, start, size)
-        except BackendError as e:
+        for attempt in range(self.data_retries + 1):
             with self.lock:
-                self.stats["errors"] += 1
-            self._fail(run, e)
-            raise
-        with self.lock:
-            self.stats["bytes_fetched"] += len(raw)
-        digester = blob.digester if self.digest_validate else None
-        for c in run:
-            rel = c.compressed_offset - start
+                self.stats["requests"] += 1
             try:
-                data = codecs.decode_chunk(c, raw[rel:rel + c.compressed_size], blob.compressor,
-                                           digester)
+                raw = self.backend.read(blob.blob_id, start, size)
+            except BackendError as e:
+                with self.lock:
+                    self.stats["errors"] += 1
+                self._fail(run, e)
+                raise
+            with self.lock:
+                self.stats["bytes_fetched"] += len(raw)
+            try:
+                decoded = [codecs.decode_chunk(c, raw[c.compressed_offset - start:
+                                                      c.compressed_offset - start + c.compressed_size],
+                                               blob.compressor, digester) for c in run]
+                break
             except ChunkDataError as e:
                 with self.lock:
                     self.stats["errors"] += 1
-                log.error("blob %s: %s", blob.blob_id, e)
-                self._fail(run, e)
-                raise StorageError(str(e)) from None
+                    self.stats["bad_data"] += 1
+                if attempt == self.data_retries:
+                    log.error("blob %s: %s (after %d attempts)", blob.blob_id, e, attempt + 1)
+                    self._fail(run, e)
+                    raise StorageError(str(e)) from None
+                log.warning("blob %s: %s; fetching again (%d/%d)", blob.blob_id, e, attempt + 1,
+                            self.data_retries)
+        for c, data in zip(run, decoded, strict=True):
             if self.cache is not None:
                 self.cache.put(c, data)
             self._land(c, data)

@@ -31,9 +31,9 @@ def v5_pieces(buf, records_off: int, count: int, chunk_size: int, file_size: int
     for i in range(offset // chunk_size, (end - 1) // chunk_size + 1):
         base = i * chunk_size
         lo, hi = max(offset, base), min(end, base + chunk_size)
-        if i >= count:
-            out.append(ChunkPiece(None, 0, hi - lo))
-            continue
+        if i >= count:  # no records past here: the rest of the range is one hole
+            out.append(ChunkPiece(None, 0, end - lo))
+            break
         off = records_off + 80 * i
         if off < 0 or off + 80 > have:
             raise _short("chunk record", off, 80, have)

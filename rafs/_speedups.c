@@ -99,9 +99,12 @@ static PyObject *v5_pieces(PyObject *self, PyObject *args) {
         long long base = i * cs;
         long long lo = offset > base ? offset : base, hi = end < base + cs ? end : base + cs;
         PyObject *p;
-        if (i >= count) {
+        if (i >= count) {  /* no records past here: the rest of the range is one hole */
             Py_INCREF(Py_None);
-            p = piece(piece_cls, Py_None, 0, hi - lo);
+            p = piece(piece_cls, Py_None, 0, end - lo);
+            if (!p || PyList_Append(out, p) < 0) { Py_XDECREF(p); goto fail; }
+            Py_DECREF(p);
+            break;
         } else {
             long long off = rec_off + 80 * i;
             if (off < 0 || off + 80 > view.len) { raise_short("chunk record", off, 80, view.len); goto fail; }

@@ -22,24 +22,41 @@ def open_image(path: str | os.PathLike) -> Image:
         if size == 0:
             raise RafsError(f"{path}: empty file is not a RAFS image")
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    buf = Buf(data, os.path.basename(path))
     try:
-        if size >= 8 and buf.u32(0, "superblock", "magic") == V5_MAGIC:
-            from .v5 import V5Image
-
-            return V5Image(buf, path)
-        if size >= V6_SUPER_OFFSET + 4 and buf.u32(V6_SUPER_OFFSET, "superblock", "magic") == V6_MAGIC:
-            from .v6 import V6Image
-
-            return V6Image(buf, path)
-        from .toc import open_inline_bootstrap
-
-        image = open_inline_bootstrap(buf, path)
-        if image is not None:
-            data.close()  # the inlined bootstrap was copied out of the blob
-            return image
+        image = open_buffer(data, path)
     except BaseException:
         data.close()
         raise
-    data.close()
-    raise RafsError(f"{path}: not a RAFS image (no v5 magic, no v6 magic, no blob ToC)")
+    if image is None:
+        data.close()
+        raise RafsError(f"{path}: not a RAFS image (no v5 magic, no v6 magic, no blob ToC)")
+    return image
+
+
+def open_bytes(data: bytes, name: str = "<bytes>") -> Image:
+    """Open an image held in memory (a bootstrap, or a blob that carries its bootstrap)."""
+    image = open_buffer(data, name)
+    if image is None:
+        raise RafsError(f"{name}: not a RAFS image (no v5 magic, no v6 magic, no blob ToC)")
+    return image
+
+
+def open_buffer(data, path: str) -> Image | None:
+    """The image in `data` (bytes or mmap), or None when it has no RAFS magic. An mmap is closed
+    here when the image was copied out of it (an inlined bootstrap)."""
+    buf = Buf(data, os.path.basename(path))
+    size = len(data)
+    if size >= 8 and buf.u32(0, "superblock", "magic") == V5_MAGIC:
+        from .v5 import V5Image
+
+        return V5Image(buf, path)
+    if size >= V6_SUPER_OFFSET + 4 and buf.u32(V6_SUPER_OFFSET, "superblock", "magic") == V6_MAGIC:
+        from .v6 import V6Image
+
+        return V6Image(buf, path)
+    from .toc import open_inline_bootstrap
+
+    image = open_inline_bootstrap(buf, path)
+    if image is not None and isinstance(data, mmap.mmap):
+        data.close()  # the inlined bootstrap was copied out of the blob
+    return image

@@ -59,6 +59,11 @@ def test_v5_pieces_on_a_well_formed_table(impl):
     # a chunk list shorter than the file reads the rest as a hole
     short = impl.v5_pieces(buf, 16, 2, cs, size, 1, 0, 3 * cs)
     assert short[2].chunk is None and short[2].length == cs
+    # ... as one piece, however large the file claims to be (found by tools/fuzz: a lying i_size
+    # once made a whole-file lookup produce one hole piece per missing chunk, for ever)
+    huge = impl.v5_pieces(buf, 16, 2, cs, 1 << 62, 1, 0, 1 << 62)
+    assert [(p.chunk is None, p.length) for p in huge] == [(False, cs), (False, cs),
+                                                           (True, (1 << 62) - 2 * cs)]
 
 
 @need_c

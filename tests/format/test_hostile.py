@@ -12,37 +12,7 @@ import rafs
 from rafs.buf import Buf
 from rafs.v5 import V5Image
 from rafs.v6 import V6Image
-
-MAX_VISITS = 3000
-
-
-def exercise(image: rafs.Image) -> int:
-    """Walk every inode through every interface call; bounded so a lying image cannot hang us."""
-    visits = 0
-    stack = [image.root_ino]
-    image.getattr(image.root_ino)
-    while stack and visits < MAX_VISITS:
-        ino = stack.pop()
-        entries = []
-        for entry in image.readdir(ino):
-            entries.append(entry)
-            if len(entries) + visits >= MAX_VISITS:
-                break
-        for name, inode, _pos in entries:
-            visits += 1
-            # once readdir has seen the directory in order, lookup must find every entry
-            assert image.lookup(ino, name) == inode
-            image.getattr(inode.ino)
-            image.xattrs(inode.ino)
-            if inode.is_dir:
-                stack.append(inode.ino)
-            elif inode.is_symlink:
-                image.readlink(inode.ino)
-            elif inode.is_reg:
-                image.chunks(inode.ino, 0, inode.size)
-                image.chunks(inode.ino, inode.size // 2, 1 << 20)
-        image.lookup(ino, b"no-such-name")
-    return visits
+from tools.fuzz.walk import exercise
 
 
 def open_bytes(data: bytes) -> rafs.Image:

@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing of the RAFS readers (`python -m tools.fuzz`)."""
