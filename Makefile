@@ -9,7 +9,7 @@ APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv \
             erofs-utils squashfs-tools docker-registry apache2-utils util-linux curl
 PYTEST_ARGS ?=
 
-.PHONY: setup apt test run stop lint fixtures clean dropin bench-lookup
+.PHONY: setup apt test run stop lint fixtures clean dropin bench-lookup fuzz
 
 setup: apt $(VENV)/.installed
 

@@ -44,7 +44,8 @@ class ApiState:
     def backend_metrics(self) -> dict:
         m = self.store.metrics()
         return {k: m.get(k, 0) for k in ("backend_type", "read_count", "read_errors",
-                                          "read_amount_total", "read_cumulative_latency_millis_total")}
+                                          "read_amount_total", "read_cumulative_latency_millis_total",
+                                          "read_retries", "fetch_bad_data")}
 
     def blobcache_metrics(self) -> dict:
         m = self.store.metrics()

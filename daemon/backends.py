@@ -42,8 +42,8 @@ class Backend:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.stats = {"read_count": 0, "read_errors": 0, "read_amount_total": 0,
-                      "read_cumulative_latency_millis_total": 0}
+        self.stats = {"read_count": 0, "read_errors": 0, "read_retries": 0,
+                      "read_amount_total": 0, "read_cumulative_latency_millis_total": 0}
 
     def read(self, blob_id: str, offset: int, size: int) -> bytes:
         """Exactly `size` bytes at `offset` of blob `blob_id`."""
@@ -66,6 +66,11 @@ class Backend:
 
     def _read(self, blob_id: str, offset: int, size: int) -> bytes:
         raise NotImplementedError
+
+    def note_retry(self) -> None:
+        """Count one retried request (a temporary failure)."""
+        with self.lock:
+            self.stats["read_retries"] += 1
 
     def close(self) -> None:
         """Release files and connections."""
@@ -122,7 +127,8 @@ class LocalfsBackend(Backend):
         self.fds.clear()
 
 
-def retrying(attempts: int, op: Callable[[], bytes], what: str) -> bytes:
+def retrying(attempts: int, op: Callable[[], bytes], what: str,
+             on_retry: Callable[[], None] | None = None) -> bytes:
     """Run op, retrying TemporaryBackendError with exponential backoff and full jitter."""
     for attempt in range(attempts + 1):
         try:
@@ -131,6 +137,8 @@ def retrying(attempts: int, op: Callable[[], bytes], what: str) -> bytes:
             if attempt == attempts:
                 raise BackendError(f"{what}: giving up after {attempts + 1} attempts: {e}") from None
             delay = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempt))
+            if on_retry is not None:
+                on_retry()
             log.warning("%s: %s; retry %d/%d in %.2fs", what, e, attempt + 1, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

@@ -76,13 +76,14 @@ class RegistryBackend(Backend):
 
     def _read(self, blob_id: str, offset: int, size: int) -> bytes:
         what = f"blob {blob_id} range {offset}+{size}"
-        return retrying(self.retries, lambda: self._attempt(blob_id, offset, size), what)
+        return retrying(self.retries, lambda: self._attempt(blob_id, offset, size), what,
+                        self.note_retry)
 
     def _attempt(self, blob_id: str, offset: int, size: int) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
         url = self.redirects.get(blob_id) or self.base + blob_id
         r = self._send(url, headers, blob_id)
-        return _body(r, size)
+        return _body(r, offset, size)
 
     def _send(self, url: str, headers: dict, blob_id: str):
         """GET with auth negotiation, proxy fallback and hand-followed redirects."""
@@ -106,6 +107,7 @@ class RegistryBackend(Backend):
                 del self.redirects[blob_id]  # a stale presigned URL: start over at the registry
                 raise TemporaryBackendError(f"redirect target answered {r.status_code}")
             return r
+        self.redirects.pop(blob_id, None)  # start over at the registry next time
         raise BackendError(f"too many redirects for blob {blob_id}")
 
     def _via_proxy_or_direct(self, url: str, headers: dict):
@@ -169,8 +171,18 @@ class RegistryBackend(Backend):
         return token
 
 
-def _body(r, size: int) -> bytes:
-    """Exactly `size` bytes of a ranged answer, or a (temporary) error."""
+def _content_range(value: str) -> tuple[int, int] | None:
+    """(first, last) of a `Content-Range: bytes first-last/total` header, None if unparsable."""
+    unit, _, rest = value.strip().partition(" ")
+    span = rest.split("/", 1)[0]
+    first, _, last = span.partition("-")
+    if unit.lower() != "bytes" or not first.isdigit() or not last.isdigit():
+        return None
+    return int(first), int(last)
+
+
+def _body(r, offset: int, size: int) -> bytes:
+    """Exactly the `size` bytes at `offset` of a ranged answer, or a (temporary) error."""
     status = r.status_code
     try:
         if status in (429,) or status >= 500:
@@ -179,6 +191,12 @@ def _body(r, size: int) -> bytes:
             raise BackendError("server ignored the Range header (200 without Content-Range)")
         if status not in (200, 206):
             raise BackendError(f"server answered {status}: {r.raw.read(200, decode_content=True)!r}")
+        if "Content-Range" in r.headers:
+            got_range = _content_range(r.headers["Content-Range"])
+            if got_range != (offset, offset + size - 1):
+                raise TemporaryBackendError(
+                    f"server sent range {r.headers['Content-Range'][:80]!r} for bytes "
+                    f"{offset}-{offset + size - 1}")
         parts, got = [], 0
         for piece in r.iter_content(1 << 16):
             parts.append(piece)
