@@ -58,13 +58,13 @@ def socket_alive(path: str) -> bool:
 def clear_stale_mount(mountpoint: str, apisock: str | None) -> None:
     """Detach a dead FUSE mount left at `mountpoint` (nydusd-contract 6.5, recommended divergence).
 
-    A mount whose daemon still answers (its API socket accepts, or stat works without an API
+    A mount whose daemon still answers (its API socket accepts, or statfs works without an API
     socket to ask) is left alone and reported as an error.
     """
     fstype = mounted_fstype(mountpoint)
     dead = False
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # never answered from the kernel's attribute cache, unlike stat
     except OSError as e:
         if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
             raise

@@ -15,7 +15,7 @@ any time) picks the answer to blob requests:
     html-206       206 with the right Content-Range but an HTML page cut to the asked length
     redirect-loop  302 to /loop/<n+1>, for ever
 
-It counts the requests it answered per mode in `served`.
+`delay_s` delays every answer. It counts the requests it answered per mode in `served`.
 """
 
 from __future__ import annotations
@@ -35,11 +35,17 @@ MODES = ("500", "503", "429", "reset", "truncated", "stall", "slow", "wrong-byte
 _HTML = b"<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>\n"
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # clients that hang up (timeouts, a killed daemon) are part of the game
+
+
 class FaultServer:
-    def __init__(self, blob_dir: Path, stall_s: float = 4.0) -> None:
+    def __init__(self, blob_dir: Path, stall_s: float = 4.0, delay_s: float = 0.0) -> None:
         self.blob_dir = Path(blob_dir)
         self.mode = "ok"
         self.stall_s = stall_s
+        self.delay_s = delay_s  # added before every answer: a slow server
         self.served: collections.Counter = collections.Counter()
         server = self
 
@@ -52,7 +58,7 @@ class FaultServer:
             def do_GET(self) -> None:  # noqa: N802
                 server._answer(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -63,6 +69,8 @@ class FaultServer:
 
     def _answer(self, h: BaseHTTPRequestHandler) -> None:
         mode = self.mode
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if h.path.startswith("/loop/"):
             self.served[mode] += 1
             if mode == "redirect-loop":
