@@ -65,6 +65,9 @@ def _readonly(*_args):
     return op
 
 
+_S64_MAX = (1 << 63) - 1
+
+
 class RafsOperations(pyfuse3.Operations):
     """Read-only filesystem over one RAFS image; collaborators are passed in."""
 
@@ -105,11 +108,14 @@ class RafsOperations(pyfuse3.Operations):
         a.st_nlink = inode.nlink
         a.st_uid, a.st_gid = inode.uid, inode.gid
         a.st_rdev = inode.rdev
+        if inode.size > _S64_MAX or inode.blocks > _S64_MAX:
+            raise rafs.RafsError("file size does not fit in off_t", structure="inode",
+                                 field="i_size", value=inode.size)
         a.st_size = inode.size
         a.st_blksize = 4096
         a.st_blocks = inode.blocks
         ns = inode.mtime * 1_000_000_000 + inode.mtime_nsec if inode.mtime else self.mount_ns
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = min(ns, _S64_MAX)  # far future: clamped
         a.entry_timeout = a.attr_timeout = FOREVER_S
         return a
 
