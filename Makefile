@@ -5,11 +5,12 @@ SHELL := /bin/bash
 SYS_PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
 APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv \
             erofs-utils squashfs-tools docker-registry apache2-utils util-linux curl
 PYTEST_ARGS ?=
 
-.PHONY: setup apt test run stop lint fixtures clean dropin bench-lookup fuzz
+.PHONY: setup apt test run stop lint fixtures clean dropin bench-lookup fuzz bench bench-quick bench-setup
 
 setup: apt $(VENV)/.installed
 
@@ -93,6 +94,19 @@ stop:
 
 bench-lookup: setup
 	$(PY) tools/bench/lookup.py
+
+# side by side with squashfuse_ll, ratarmount, kernel EROFS, bindfs and a plain directory
+BENCH_APT := squashfuse bindfs squashfs-tools erofs-utils docker-registry curl
+bench-setup: setup
+	@missing=""; for p in $(BENCH_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	$(PIP) install -q -e '.[bench]'
+
+bench: bench-setup
+	$(PY) -m tools.bench.compare --profile full
+
+bench-quick: bench-setup
+	$(PY) -m tools.bench.compare --profile quick --out /tmp/pynydusd-bench-quick
 
 dropin: setup
 	$(PY) tools/dropin.py --out dist/nydusd

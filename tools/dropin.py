@@ -59,12 +59,43 @@ sys.exit(main())
 '''
 
 
+def runtime_closure() -> set[str]:
+    """Top-level names in site-packages of pynydusd's runtime requirements and theirs, found from
+    the installed distributions' metadata (test and bench extras are left out)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    reqs = [Requirement(r) for r in metadata.requires("pynydusd") or []]
+    todo = [r.name for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})]
+    seen: set[str] = set()
+    tops: set[str] = set()
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = metadata.distribution(name)
+        for f in dist.files or []:
+            parts = Path(f).parts
+            if parts and parts[0] != "..":
+                tops.add(parts[0].split(".")[0] if len(parts) == 1 else parts[0])
+        for r in dist.requires or []:
+            req = Requirement(r)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return tops
+
+
 def runtime_files(site: Path) -> list[tuple[Path, str]]:
     """(file, archive name): packages with compiled modules under native/, the rest under lib/."""
     out = []
+    keep = runtime_closure()
     for entry in sorted(site.iterdir()):
         base = entry.name.split("-")[0].split(".")[0]
         if base in SKIP or entry.suffix == ".pth" or base.startswith("__editable__"):
+            continue
+        if entry.name not in keep and base not in keep:
             continue
         files = _files(entry)
         native = any(f.suffix == ".so" for f in files)

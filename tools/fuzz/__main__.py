@@ -74,6 +74,30 @@ def _target():
     return one_input
 
 
+_INTERESTING = (0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0xFFF, 0x1000, 0x7FFF, 0xFFFF, 0x10000,
+                0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 1 << 32, (1 << 63) - 1, (1 << 64) - 1)
+
+
+def structured_mutator(atheris):
+    """Half of the time libFuzzer's byte mutations; otherwise overwrite 1-3 aligned integers of the
+    on-disk structures with boundary values (sizes, offsets, counts and indexes live there)."""
+    import random
+
+    def mutate(data: bytes, max_size: int, seed: int) -> bytes:
+        rnd = random.Random(seed)
+        if len(data) < 16 or rnd.random() < 0.5:
+            return atheris.Mutate(data, max_size)
+        b = bytearray(data)
+        for _ in range(rnd.randint(1, 3)):
+            width = rnd.choice((1, 2, 4, 8))
+            pos = rnd.randrange(0, len(b) - width + 1) & ~(width - 1)
+            value = rnd.choice(_INTERESTING) if rnd.random() < 0.8 else rnd.getrandbits(8 * width)
+            b[pos:pos + width] = (value & ((1 << 8 * width) - 1)).to_bytes(width, "little")
+        return bytes(b[:max_size])
+
+    return mutate
+
+
 def run_child(args: argparse.Namespace) -> int:
     """Inside the fuzzing process: cap the address space, then hand over to libFuzzer."""
     import atheris
@@ -91,7 +115,7 @@ def run_child(args: argparse.Namespace) -> int:
         lib_args.append(f"-runs={args.runs}")
     if args.seconds:
         lib_args.append(f"-max_total_time={args.seconds}")
-    atheris.Setup(lib_args, one_input)
+    atheris.Setup(lib_args, one_input, custom_mutator=structured_mutator(atheris))
     atheris.Fuzz()
     return 0
 
@@ -155,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     findings = sorted(p.name for p in args.artifacts.iterdir())
     if proc.returncode != 0 or findings:
         sys.stderr.write(proc.stderr[-20000:])
+    for key in ("average_exec_per_sec", "slowest_unit_time_sec", "new_units_added"):
+        print(f"fuzz: {key} {stats.get(key, '?')}")
     depth = corpus_depth(args.corpus)
     cases = stats.get("number_of_executed_units", "?")
     peak = stats.get("peak_rss_mb", "?")
