@@ -124,6 +124,8 @@ def make_config(args: argparse.Namespace):
         cfg.storage.work_dir = os.path.abspath(args.localfs_dir)
         cfg.storage.prefetch_enable = False
     s = cfg.storage
+    if args.backend and s.backend_type == "localfs" and not args.cache_dir:
+        s.cache_type = ""  # the blobs are on a local disk already: no second copy by default
     if args.cache_dir:
         s.work_dir = os.path.abspath(args.cache_dir)
     elif args.backend:

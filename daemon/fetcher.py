@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cachetools
 
@@ -60,7 +60,8 @@ class Fetcher:
     """Serves decompressed chunks of one image; thread-safe."""
 
     def __init__(self, image: Image, backend: Backend, cache: ChunkCache | None, *,
-                 digest_validate: bool, memory_bytes: int) -> None:
+                 digest_validate: bool, memory_bytes: int,
+                 prepare_index: Callable[[], None] | None = None) -> None:
         self.image = image
         self.backend = backend
         self.cache = cache
@@ -70,6 +71,8 @@ class Fetcher:
         self.mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, 1), getsizeof=len)
         self.lock = threading.Lock()
         self.flights: dict[tuple[int, int], _Flight] = {}
+        self.prepare_index = prepare_index  # loads what chunk_by_index needs, on first widening
+        self.last_fetched: dict[int, int] = {}  # blob index -> last chunk index fetched
         self.stats = {"mem_hits": 0, "disk_hits": 0, "misses": 0, "requests": 0,
                       "bytes_fetched": 0, "errors": 0, "bad_data": 0}
 
@@ -132,12 +135,23 @@ class Fetcher:
             self._fetch_missing(missing, max_request, amplify, out)
         return out
 
+    def _sequential(self, missing: list[ChunkInfo]) -> bool:
+        """Whether this miss continues the previous one in its blob (a sequential reader)."""
+        with self.lock:
+            return any(self.last_fetched.get(c.blob_index, -2) + 1 == c.chunk_index
+                       for c in missing)
+
     def _neighbours(self, missing: list[ChunkInfo], limit: int) -> list[ChunkInfo]:
         """Chunks that follow the missing ones in their blob, not yet cached, up to `limit` bytes
-        per run: a small read then also brings what is likely read next (nydusd's amplify_io)."""
+        per run: a reader going through the blob in order also gets what it reads next
+        (nydusd's amplify_io). Only done once the misses are sequential, so that scattered
+        small reads fetch no more than they need."""
         by_index = getattr(self.image, "chunk_by_index", None)
-        if by_index is None or limit <= 0:
+        if by_index is None or limit <= 0 or not self._sequential(missing):
             return []
+        if self.prepare_index is not None:
+            prepare, self.prepare_index = self.prepare_index, None
+            prepare()
         extra, have = [], {self._key(c) for c in missing}
         for c in missing:
             size, idx = c.compressed_size, c.chunk_index + 1
@@ -170,6 +184,11 @@ class Fetcher:
                     mine.append(c)
                 else:
                     theirs.append((key, flight))
+        last: dict[int, int] = {}
+        for c in mine:
+            last[c.blob_index] = max(last.get(c.blob_index, -1), c.chunk_index)
+        with self.lock:
+            self.last_fetched.update(last)  # where each blob's reader is now
         try:
             for run in merge_ranges(mine, max(max_request, amplify)):
                 self._fetch_run(run, out)

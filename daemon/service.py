@@ -28,6 +28,7 @@ class Daemon:
         from .storage import BlobStore
 
         args, cfg = self.args, self.config
+        _tame_malloc()
         mountpoint = os.path.realpath(args.mountpoint)
         clear_stale_mount(mountpoint, args.apisock)
         if not os.path.isdir(mountpoint):
@@ -107,8 +108,7 @@ class Daemon:
 
     def _background_start(self) -> None:
         try:
-            self.store.load_blob_meta()
-            self.store.start_prefetch()
+            self.store.start_prefetch()  # blob meta is loaded when reads are first widened
         except Exception as e:  # never fatal: reads still work
             log.error("background start failed: %s", e)
 
@@ -145,3 +145,19 @@ def _speedup() -> str:
         return f"chunk lookup: {chunkmap.IMPLEMENTATION}"
     except ImportError:
         return "chunk lookup: python"
+
+
+def _tame_malloc() -> None:
+    """Keep the daemon's memory bounded by its caches: chunk buffers (64 KiB and up) always come
+    from mmap and go back to the system when freed (glibc otherwise raises its mmap threshold
+    after the first free and keeps freed chunk buffers in per-thread arenas)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-3, 64 << 10)  # M_MMAP_THRESHOLD (also stops its dynamic adjustment)
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+

@@ -42,7 +42,7 @@ class StorageOptions:
     prefetch_bandwidth_rate: int = 0  # bytes/s, 0 = unlimited
     prefetch_all: bool = True
     prefetch_files: list[str] = field(default_factory=list)  # absolute paths inside the image
-    memory_cache_bytes: int = 64 << 20  # in-memory LRU of hot decompressed chunks
+    memory_cache_bytes: int = 32 << 20  # in-memory LRU of hot decompressed chunks
     durable_cache: bool = False  # fdatasync chunk data before marking it ready
 
 
@@ -65,7 +65,8 @@ class BlobStore:
             raise StorageError(f"cache type {options.cache_type!r} is not supported")
         self.fetcher = Fetcher(image, self.backend, self.cache,
                                digest_validate=options.digest_validate,
-                               memory_bytes=options.memory_cache_bytes)
+                               memory_bytes=options.memory_cache_bytes,
+                               prepare_index=self.load_blob_meta)
         self.prefetcher = None
         self.ci_loaded = False
 

@@ -90,10 +90,15 @@ def test_inode_table_entry_past_the_end(v5_seed):
         exercise(image)
 
 
-def test_name_with_slash_is_rejected(v5_seed):
+@pytest.mark.parametrize("name", [b"a/b", b"..", b".", b"a\0b", b"/"])
+def test_malicious_names_are_rejected(v5_seed, name):
+    """A name that could escape a path (slash, dot entries) or truncate one (NUL) never reaches
+    the caller: walking the image fails with a RafsError naming the field."""
     off = _v5_record_offset(v5_seed, 2)
     name_size = struct.unpack_from("<H", v5_seed, off + 100)[0]
-    v5_seed[off + 128 + name_size - 1] = ord("/")
+    assert name_size >= len(name)
+    struct.pack_into("<H", v5_seed, off + 100, len(name))
+    v5_seed[off + 128:off + 128 + len(name)] = name
     with pytest.raises(rafs.RafsError, match=r"invalid file name.*inode\.name"):
         exercise(open_bytes(bytes(v5_seed)))
 

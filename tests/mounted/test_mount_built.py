@@ -81,7 +81,7 @@ def test_api_socket(built, tmp_path):
     mnt.mkdir()
     sock.write_text("stale")  # a stale file is replaced
     d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--config", str(cfg),
-                "--apisock", str(sock), str(mnt)], mnt)
+                "--apisock", str(sock), "--log-level", "trace", str(mnt)], mnt)
     try:
         (mnt / "data/text-1m.txt").read_bytes()
         from tests.mountutil import wait_for
@@ -92,6 +92,7 @@ def test_api_socket(built, tmp_path):
         info = json.loads(body)
         assert code == 200 and info["state"] == "RUNNING" and "version" in info
         assert b"c2VjcmV0" not in body  # credentials never leave the daemon
+        assert "c2VjcmV0" not in d.output() and "password" not in d.output()  # nor reach its log
         code, body = _api(sock, "GET", "/api/v1/metrics")
         m = json.loads(body)
         assert code == 200 and m["data_read"] >= 1114112 and len(m["fop_hits"]) == 15
