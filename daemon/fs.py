@@ -173,7 +173,10 @@ class RafsOperations(pyfuse3.Operations):
         pieces = self.image.chunks(ino, off, size)
         if not pieces:
             return b""
-        data = await trio.to_thread.run_sync(self.store.read, pieces, limiter=self.limiter)
+        if self.store.can_read_now(pieces):
+            data = self.store.read(pieces)
+        else:
+            data = await trio.to_thread.run_sync(self.store.read, pieces, limiter=self.limiter)
         self.data_read += len(data)
         return data
 

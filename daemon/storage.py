@@ -21,6 +21,7 @@ __all__ = ["BlobStore", "StorageError", "StorageOptions"]
 
 log = logging.getLogger(__name__)
 
+INLINE_LOCAL_BYTES = 256 << 10  # local chunk data a FUSE-loop read may fetch itself
 MERGE_LIMIT = 1 << 20  # chunks a read needs anyway are fetched in runs of up to this many bytes
 
 
@@ -109,6 +110,30 @@ class BlobStore:
                 data = got[(p.chunk.blob_index, p.chunk.compressed_offset)]
                 out.append(data[p.offset:p.offset + p.length])
         return b"".join(out)
+
+    def can_read_now(self, pieces: Sequence[rafs.ChunkPiece]) -> bool:
+        """True when `read(pieces)` cannot wait on the network or on another thread: every chunk
+        is in memory or ready in the disk cache, or comes from local blobs (up to a small size)
+        and nobody is fetching it. The FUSE loop then serves the read itself, saving the hand-off
+        to a worker thread."""
+        f = self.fetcher
+        local = self.backend.kind == "localfs"
+        budget = INLINE_LOCAL_BYTES
+        for p in pieces:
+            c = p.chunk
+            if c is None:
+                continue
+            key = (c.blob_index, c.compressed_offset)
+            if key in f.mem:
+                continue
+            if key in f.flights:
+                return False
+            if self.cache is not None and self.cache.is_ready(c):
+                continue
+            budget -= c.compressed_size
+            if not local or budget < 0:
+                return False
+        return True
 
     def start_prefetch(self) -> None:
         """Start background prefetch (prefetch table, listed files, then everything if prefetch_all)."""
