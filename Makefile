@@ -101,6 +101,7 @@ bench-setup: setup
 	@missing=""; for p in $(BENCH_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(PIP) install -q -e '.[bench]'
+	$(PY) tools/dropin.py --out dist/nydusd
 
 bench: bench-setup
 	$(PY) -m tools.bench.compare --profile full

@@ -31,9 +31,23 @@ def mounted_fstype(path: str) -> str | None:
     return found
 
 
+_LIBC = None
+
+
+def load_libc():
+    """The C library, loaded once (by soname: `find_library` would run ldconfig, ~20 ms+)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return _LIBC
+
+
 def lazy_unmount(path: str) -> bool:
     """umount2(path, MNT_DETACH); True when something was detached, False if nothing was there."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = load_libc()
     if libc.umount2(os.fsencode(path), MNT_DETACH) == 0:
         return True
     err = ctypes.get_errno()
@@ -105,7 +119,7 @@ def kernel_mount(mountpoint: str) -> int:
             f"default_permissions,max_read={MAX_READ}")
     if os.geteuid() == 0:
         opts += ",allow_other"
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = load_libc()
     flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOATIME
     if libc.mount(b"rafs", os.fsencode(mountpoint), b"fuse", flags, opts.encode()) != 0:
         err = ctypes.get_errno()

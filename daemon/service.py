@@ -151,11 +151,10 @@ def _tame_malloc() -> None:
     """Keep the daemon's memory bounded by its caches: chunk buffers (64 KiB and up) always come
     from mmap and go back to the system when freed (glibc otherwise raises its mmap threshold
     after the first free and keeps freed chunk buffers in per-thread arenas)."""
-    import ctypes
-    import ctypes.util
+    from .lifecycle import load_libc
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc = load_libc()
         libc.mallopt(-3, 64 << 10)  # M_MMAP_THRESHOLD (also stops its dynamic adjustment)
         libc.mallopt(-8, 2)  # M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc: nothing to tune

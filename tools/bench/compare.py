@@ -326,7 +326,9 @@ class Tool:
 def tools(work: Path, corpus: Path, servers: Servers) -> list[Tool]:
     nyd = work / "nydus-v6-zstd"
     v5 = work / "nydus-v5-lz4_block"
-    d = str(BIN / "pynydusd")
+    # the drop-in (make dropin), what a node runs, when built; else the venv's console script
+    dropin = ROOT / "dist/nydusd"
+    d = str(dropin if dropin.exists() else BIN / "pynydusd")
     common = ["--no-prefetch", "--log-level", "warn"]
     out = [
         Tool("plain dir", None),
@@ -510,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/var/tmp/pynydusd-bench"))
     p.add_argument("--only", help="comma-separated substrings of tool names to run")
     p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--prepare-only", action="store_true", help="build the corpus and pack it")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("run as root (mounts, loop devices, drop_caches)")
@@ -526,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     packs = pack(work, corpus)
     for k, (s, size) in packs.items():
         print(f"  {k:34s} {s:7.1f} s {size / 1e6:8.0f} MB", flush=True)
+    if args.prepare_only:
+        return 0
     files = {"plan": work / "plan.json", "names": work / "names.json"}
     files["plan"].write_text(json.dumps(truth["plan"]))
     files["names"].write_text(json.dumps(truth["open_close"]))
