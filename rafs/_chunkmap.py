@@ -1,23 +1,45 @@
-"""Pure-Python chunk lookup: the twin of the C module rafs._speedups (same names, same results,
-same errors). `rafs.chunkmap` picks one of the two."""
+"""Pure-Python chunk lookup: the reference twin of the C module rafs._speedups (same names, same
+results, same errors; `rafs.chunkmap` picks one of the two).
+
+v5_pieces cuts a byte range of a v5 file into pieces of its 80-byte chunk records. v6_pieces does
+the same for a v6 file from its 8-byte chunk indexes, resolving each index with v6_chunk: the
+bootstrap's chunk table record (found through a chunk map keyed by `chunk_key`) gives the digest
+and crc, the blob's ci table (when attached) the offsets, sizes and compression flag. ci_entry
+decodes one ci table entry.
+"""
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
-from .errors import RafsError
-from .model import ChunkInfo, ChunkPiece
+from .errors import RafsError, UnsupportedImageError
+from .model import CHUNK_COMPRESSED, CHUNK_HAS_CRC32, ChunkInfo, ChunkPiece
 
 _REC = struct.Struct("<32sIIIIQQQII")
 _IDX = struct.Struct("<HHI")
 _V1 = struct.Struct("<QQ")
 _V2 = struct.Struct("<QQQ")
 NULL_ADDR = 0xFFFFFFFF
+_CI_V2_COMPRESSED = 0x1
+_CI_V2_UNSUPPORTED = 0x2 | 0x4 | 0x8  # zran, batch, encrypted
+_CI_V2_KNOWN = 0x1F
+
+# a ci table as the v6 functions take it: (data, version, count)
+CiTableData = tuple[bytes, int, int]
 
 
 def _short(what: str, off: int, need: int, have: int) -> RafsError:
     return RafsError(f"bootstrap is too short: need {need} bytes at {off:#x}, file has {have}",
                      structure=what, offset=off)
+
+
+def chunk_key(blob: int, chunk_index: int, blkaddr: int) -> int | None:
+    """The v6 chunk-map key of a chunk: blob << 56 | chunk_index << 32 | blkaddr; None when a part
+    is wider than a chunk index holds (8, 24, 32 bits), as then no chunk index can name it."""
+    if 0 <= blob <= 0xFF and 0 <= chunk_index <= 0xFF_FFFF and 0 <= blkaddr <= 0xFFFF_FFFF:
+        return blob << 56 | chunk_index << 32 | blkaddr
+    return None
 
 
 def v5_pieces(buf, records_off: int, count: int, chunk_size: int, file_size: int,
@@ -55,10 +77,11 @@ def v5_pieces(buf, records_off: int, count: int, chunk_size: int, file_size: int
     return out
 
 
-def v6_indexes(buf, index_off: int, chunk_size: int, file_size: int, offset: int,
-               size: int) -> list[tuple[int, int, int, int, int, int, int]]:
-    """(blob_index, chunk_index, blkaddr, chunk_len, piece_offset, piece_len, index_offset) per
-    chunk of [offset, offset+size) of a v6 chunk-based file; blob_index -1 marks a hole."""
+def v6_pieces(buf, index_off: int, chunk_size: int, file_size: int, offset: int, size: int,
+              block_size: int, blob_count: int, chunk_map: dict[int, int],
+              ci_tables: Sequence[CiTableData | None]) -> list[ChunkPiece]:
+    """Chunk pieces of [offset, offset+size) of a v6 file whose chunk indexes start at index_off;
+    a null block address or a zero device id is a hole. Chunks resolve as in `v6_chunk`."""
     end = min(offset + size, file_size)
     if offset < 0 or offset >= end or chunk_size <= 0:
         return []
@@ -71,17 +94,61 @@ def v6_indexes(buf, index_off: int, chunk_size: int, file_size: int, offset: int
         if off < 0 or off + 8 > have:
             raise _short("chunk index", off, 8, have)
         lo16, hi16, blkaddr = _IDX.unpack_from(buf, off)
-        want = min(chunk_size, file_size - base)
-        if blkaddr == NULL_ADDR:
-            out.append((-1, 0, 0, want, 0, hi - lo, off))
+        blob = (hi16 & 0xFF) - 1
+        if blkaddr == NULL_ADDR or blob < 0:
+            out.append(ChunkPiece(None, 0, hi - lo))
             continue
-        out.append(((hi16 & 0xFF) - 1, (hi16 >> 8) << 16 | lo16, blkaddr, want, lo - base,
-                    hi - lo, off))
+        chunk = v6_chunk(buf, blob, (hi16 >> 8) << 16 | lo16, blkaddr,
+                         min(chunk_size, file_size - base), off, block_size, blob_count, chunk_map,
+                         ci_tables)
+        out.append(ChunkPiece(chunk, lo - base, hi - lo))
     return out
 
 
+def v6_chunk(buf, blob: int, chunk_index: int, blkaddr: int, want: int, where: int,
+             block_size: int, blob_count: int, chunk_map: dict[int, int],
+             ci_tables: Sequence[CiTableData | None]) -> ChunkInfo:
+    """The ChunkInfo of chunk `chunk_index` of blob `blob`, `want` bytes at block `blkaddr` of the
+    uncompressed blob, named by the chunk index at `where` (-1: none). chunk_map maps chunk_key()
+    to the position of a chunk table record in buf; ci_tables[blob] is None or (data, version,
+    count) of the blob's ci table, which then gives the offsets, sizes and flags."""
+    if not 0 <= blob < blob_count:
+        raise RafsError("chunk index names a blob not in the blob table", structure="chunk index",
+                        field="device_id", value=blob + 1, offset=where)
+    key = chunk_key(blob, chunk_index, blkaddr)
+    pos = None if key is None else chunk_map.get(key)
+    rec = None
+    rflags = 0
+    if pos is not None:
+        have = len(buf)
+        if not 0 <= pos <= have - 80:
+            raise _short("chunk table", pos, 80, have)
+        rec = _REC.unpack_from(buf, pos)
+        rflags = rec[2]
+    table = ci_tables[blob] if blob < len(ci_tables) else None
+    if table is not None:
+        data, version, count = table
+        c_off, c_size, d_off, d_size, flags = ci_entry(data, version, count, chunk_index)
+        flags = ci_flags(flags, version, chunk_index) | rflags & CHUNK_HAS_CRC32
+    elif rec is None:
+        raise RafsError("chunk has no chunk table record and no ci table is loaded",
+                        structure="chunk index", field="chunk_index", value=chunk_index,
+                        offset=where)
+    else:
+        _digest, _blob, flags, c_size, d_size, c_off, d_off = rec[:7]
+    if d_off != blkaddr * block_size or d_size != want or c_size == 0:
+        raise RafsError(f"chunk {chunk_index} of blob {blob} disagrees with its index "
+                        f"(offset {d_off} vs block {blkaddr}, size {d_size} vs {want})",
+                        structure="chunk index", field="blkaddr", value=blkaddr, offset=where)
+    if rec is None:
+        raise RafsError("chunk has no digest in the chunk table", structure="chunk index",
+                        field="chunk_index", value=chunk_index, offset=where)
+    return ChunkInfo(blob, chunk_index, flags, c_off, c_size, d_off, d_size, rec[0], rec[9])
+
+
 def ci_entry(data, version: int, count: int, index: int) -> tuple[int, int, int, int, int]:
-    """(c_off, c_size, d_off, d_size, v2 flags) of entry `index` of a ci table (v1 or v2)."""
+    """(c_off, c_size, d_off, d_size, v2 flags) of entry `index` of a ci table (v1 or v2); the v1
+    "flags" are 1 when the sizes differ (compressed), else 0."""
     if not 0 <= index < count:
         raise RafsError("chunk index beyond the ci table", structure="blob meta",
                         field="chunk_index", value=index)
@@ -97,3 +164,17 @@ def ci_entry(data, version: int, count: int, index: int) -> tuple[int, int, int,
             1 if c_size != d_size else 0
     d, c, _x = _V2.unpack_from(data, index * 24)
     return c & 0xFF_FFFF_FFFF, c >> 40, (d & 0xFFFF_FFFF) << 12, ((d >> 32) & 0xFF_FFFF) + 1, d >> 56
+
+
+def ci_flags(flags: int, version: int, index: int) -> int:
+    """The chunk flags (CHUNK_COMPRESSED or 0) of the flags ci_entry gave for chunk `index`;
+    raises on ci v2 chunks this reader does not serve (zran, batch, encrypted) or unknown bits."""
+    if version != 2:
+        return CHUNK_COMPRESSED if flags else 0
+    if flags & _CI_V2_UNSUPPORTED:
+        raise UnsupportedImageError("zran/batch/encrypted chunks",
+                                    f"ci v2 flags {flags:#x} on chunk {index}")
+    if flags & ~_CI_V2_KNOWN:
+        raise RafsError("unknown ci v2 chunk flags", structure="blob meta", field="flags",
+                        value=hex(flags))
+    return CHUNK_COMPRESSED if flags & _CI_V2_COMPRESSED else 0

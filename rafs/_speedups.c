@@ -1,21 +1,40 @@
 /* rafs._speedups: the hot path of chunk lookup, in C.
  *
- * Twin of rafs/_chunkmap.py: same functions, same results, same RafsError messages. Every offset
- * and count read from an image is bounds-checked against the buffer before use. The module keeps
- * no state: rafs.errors and rafs.model are looked up (in sys.modules) when needed.
+ * Twin of rafs/_chunkmap.py, which is the reference: same functions, same results, same errors
+ * (type and message). v5_pieces cuts a file range into pieces of its v5 chunk records; v6_pieces
+ * does it from v6 chunk indexes, resolving each as v6_chunk does: the record found through the
+ * chunk map (a dict keyed by chunk_key, see the twin) gives digest and crc, the blob's ci table
+ * (when given) offsets, sizes and flags. ci_entry decodes one ci table entry.
+ *
+ * Every offset and count read from an image, and every position taken from the chunk map, is
+ * bounds-checked before use. The module keeps no state: rafs.model's result classes are looked up
+ * in sys.modules once per call, the error classes only when raising. Speed comes from building
+ * the results directly (tp_alloc of the NamedTuple classes, the chunk-size int shared by every
+ * full-size length, a list preallocated to its final size) and, for v6, from looking up a batch
+ * of records ahead and prefetching them: the chunk table is sorted by digest, so the records of
+ * one read are scattered and would each cost a cache miss.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <string.h>
 
 #define NULL_ADDR 0xFFFFFFFFu
+#define REC_SIZE 80
+#define CI_V2_COMPRESSED 0x1
+#define CI_V2_UNSUPPORTED 0xE /* zran, batch, encrypted */
+#define CI_V2_KNOWN 0x1F
+#define CHUNK_HAS_CRC32 0x10
+#define BATCH 64          /* v6 chunk indexes whose records are looked up ahead */
+#define HINT_NONE (-1)    /* looked up ahead: no record */
+#define HINT_UNKNOWN (-2) /* not looked up ahead */
 
 static inline uint16_t rd16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 static inline uint32_t rd32(const unsigned char *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 static inline uint64_t rd64(const unsigned char *p) { return (uint64_t)rd32(p) | ((uint64_t)rd32(p + 4) << 32); }
+
+/* -- module lookups and errors ------------------------------------------------------------------ */
 
 static PyObject *module_attr(const char *module, const char *name) {
     PyObject *modname = PyUnicode_FromString(module);
@@ -29,199 +48,612 @@ static PyObject *module_attr(const char *module, const char *name) {
     return attr;
 }
 
-/* raise rafs.errors.RafsError(message, structure=..., field=..., value=..., offset=...) */
-static void raise_rafs(PyObject *message, const char *structure, const char *field,
-                       PyObject *value, long long offset) {
-    if (!message) return;
-    PyObject *cls = module_attr("rafs.errors", "RafsError");
-    PyObject *args = NULL, *kw = NULL, *exc = NULL, *off = NULL;
-    if (!cls) goto done;
-    args = PyTuple_Pack(1, message);
-    kw = PyDict_New();
-    if (!args || !kw) goto done;
-    if (structure && PyDict_SetItemString(kw, "structure", PyUnicode_FromString(structure)) < 0) goto done;
-    if (field && PyDict_SetItemString(kw, "field", PyUnicode_FromString(field)) < 0) goto done;
-    if (value && PyDict_SetItemString(kw, "value", value) < 0) goto done;
-    if (offset >= 0) {
-        off = PyLong_FromLongLong(offset);
-        if (!off || PyDict_SetItemString(kw, "offset", off) < 0) goto done;
-    }
-    exc = PyObject_Call(cls, args, kw);
-    if (exc) PyErr_SetObject(cls, exc);
-done:
-    Py_XDECREF(off); Py_XDECREF(exc); Py_XDECREF(kw); Py_XDECREF(args); Py_XDECREF(cls);
-    Py_DECREF(message);
-    Py_XDECREF(value);
+/* set kw[key] = value (stolen; NULL: an error is set) */
+static int set_kw(PyObject *kw, const char *key, PyObject *value) {
+    if (!value) return -1;
+    int r = PyDict_SetItemString(kw, key, value);
+    Py_DECREF(value);
+    return r;
 }
 
-static void raise_short(const char *what, long long off, long long need, Py_ssize_t have) {
-    PyObject *o = PyLong_FromLongLong(off);
-    PyObject *hex = o ? PyNumber_ToBase(o, 16) : NULL;
-    Py_XDECREF(o);
-    if (!hex) return;
-    PyObject *msg = PyUnicode_FromFormat("bootstrap is too short: need %lld bytes at %U, file has %zd",
-                                         need, hex, have);
-    Py_DECREF(hex);
+/* raise rafs.errors.RafsError(message, structure=..., field=..., value=..., offset=...);
+ * message, value and offset are stolen; value or offset NULL means None */
+static void raise_rafs(PyObject *message, const char *structure, const char *field,
+                       PyObject *value, PyObject *offset) {
+    PyObject *cls = NULL, *args = NULL, *kw = NULL, *exc = NULL;
+    if (!message || PyErr_Occurred()) goto done;
+    if (!(cls = module_attr("rafs.errors", "RafsError"))) goto done;
+    if (!(args = PyTuple_Pack(1, message)) || !(kw = PyDict_New())) goto done;
+    if (structure && set_kw(kw, "structure", PyUnicode_FromString(structure)) < 0) goto done;
+    if (field && set_kw(kw, "field", PyUnicode_FromString(field)) < 0) goto done;
+    if (value && PyDict_SetItemString(kw, "value", value) < 0) goto done;
+    if (offset && PyDict_SetItemString(kw, "offset", offset) < 0) goto done;
+    if ((exc = PyObject_Call(cls, args, kw))) PyErr_SetObject(cls, exc);
+done:
+    Py_XDECREF(exc); Py_XDECREF(kw); Py_XDECREF(args); Py_XDECREF(cls);
+    Py_XDECREF(message); Py_XDECREF(value); Py_XDECREF(offset);
+}
+
+/* rafs.buf.Buf.check's RafsError: `what` needs `need` bytes at `off` (stolen), the buffer has `have` */
+static void raise_short_at(const char *what, PyObject *off, long long need, Py_ssize_t have) {
+    PyObject *hex = off ? PyNumber_ToBase(off, 16) : NULL;
+    PyObject *msg = hex ? PyUnicode_FromFormat("bootstrap is too short: need %lld bytes at %U, "
+                                               "file has %zd", need, hex, have) : NULL;
+    Py_XDECREF(hex);
+    if (!msg) {
+        Py_XDECREF(off);
+        return;
+    }
     raise_rafs(msg, what, NULL, NULL, off);
 }
 
-/* an instance of tuple subclass `cls` (a NamedTuple) holding `items` (references stolen) */
-static PyObject *make_tuple(PyObject *cls, PyObject **items, Py_ssize_t n) {
+static void raise_short(const char *what, long long off, long long need, Py_ssize_t have) {
+    raise_short_at(what, PyLong_FromLongLong(off), need, have);
+}
+
+/* -- arguments and ranges ------------------------------------------------------------------------ */
+
+static int check_nargs(const char *fn, Py_ssize_t nargs, Py_ssize_t want) {
+    if (nargs == want) return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", fn, want, nargs);
+    return -1;
+}
+
+/* args[0..n) as C long longs */
+static int ll_args(PyObject *const *args, Py_ssize_t n, long long *out) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyLong_AsLongLong(args[i]);
+        if (out[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+/* the end of a read of `size` bytes at `offset`, min(offset + size, file_size); 0 when the range
+ * is empty or the chunk size is not positive */
+static int read_range(long long offset, long long size, long long fsize, long long cs, long long *end) {
+    if (offset < 0 || size <= 0 || cs <= 0 || offset >= fsize) return 0;
+    *end = size > fsize - offset ? fsize : offset + size;
+    return 1;
+}
+
+/* the position start + step * i of table entry i, if [pos, pos + step) lies inside a buffer of
+ * `len` bytes (1); else 0 */
+static inline int entry_fits(long long start, long long step, long long i, Py_ssize_t len, long long *pos) {
+    long long t;
+    return !__builtin_mul_overflow(step, i, &t) && !__builtin_add_overflow(start, t, pos) && *pos >= 0 &&
+           *pos <= len - step;
+}
+
+/* entry_fits, raising the twin's "too short" RafsError (exact even past 64 bits) when it fails */
+static int entry_pos(const char *what, long long start, long long step, long long i, Py_ssize_t len,
+                     long long *pos) {
+    long long t;
+    if (entry_fits(start, step, i, len, pos)) return 0;
+    if (!__builtin_mul_overflow(step, i, &t) && !__builtin_add_overflow(start, t, pos)) {
+        raise_short(what, *pos, step, len);
+        return -1;
+    }
+    PyObject *a = PyLong_FromLongLong(start), *b = PyLong_FromLongLong(step), *c = PyLong_FromLongLong(i);
+    PyObject *bc = a && b && c ? PyNumber_Multiply(b, c) : NULL;
+    PyObject *exact = bc ? PyNumber_Add(a, bc) : NULL;
+    Py_XDECREF(a); Py_XDECREF(b); Py_XDECREF(c); Py_XDECREF(bc);
+    if (exact) raise_short_at(what, exact, step, len);
+    return -1;
+}
+
+/* -- results ------------------------------------------------------------------------------------- */
+
+/* What one call builds its results with: rafs.model's ChunkInfo and ChunkPiece, the chunk size as
+ * an int, and the result list, preallocated to the expected number of pieces when that is sane. */
+typedef struct {
+    PyTypeObject *info, *piece;
+    PyObject *cs;
+    long long cs_val;
+    PyObject *list;
+    Py_ssize_t filled;
+} Out;
+
+/* expect: the number of pieces the call makes unless it fails; -1: no list */
+static int out_open(Out *o, long long cs, long long expect) {
+    o->cs_val = cs;
+    o->filled = 0;
+    PyObject *name = PyUnicode_FromString("rafs.model");
+    PyObject *model = name ? PyImport_GetModule(name) : NULL;
+    if (name && !model && !PyErr_Occurred()) model = PyImport_Import(name);
+    Py_XDECREF(name);
+    if (!model) return -1;
+    o->info = (PyTypeObject *)PyObject_GetAttrString(model, "ChunkInfo");
+    o->piece = o->info ? (PyTypeObject *)PyObject_GetAttrString(model, "ChunkPiece") : NULL;
+    Py_DECREF(model);
+    if (!o->piece || !(o->cs = PyLong_FromLongLong(cs))) return -1;
+    if (!PyType_Check(o->info) || !PyType_IsSubtype(o->info, &PyTuple_Type) ||
+        !PyType_Check(o->piece) || !PyType_IsSubtype(o->piece, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "rafs.model.ChunkInfo and ChunkPiece must be tuple types");
+        return -1;
+    }
+    if (expect >= 0) o->list = PyList_New((Py_ssize_t)expect);
+    return expect < 0 || o->list ? 0 : -1;
+}
+
+/* the result list (trimmed to the pieces made), or NULL after an error; releases the rest */
+static PyObject *out_close(Out *o, int ok) {
+    PyObject *list = o->list;
+    if (list && ok && o->filled < PyList_GET_SIZE(list) &&
+        PyList_SetSlice(list, o->filled, PyList_GET_SIZE(list), NULL) < 0)
+        ok = 0;
+    if (!ok) Py_CLEAR(list);
+    Py_XDECREF(o->info);
+    Py_XDECREF(o->piece);
+    Py_XDECREF(o->cs);
+    return list;
+}
+
+/* an int; the shared chunk-size int when equal to it */
+static inline PyObject *num(const Out *o, uint64_t v) {
+    if (v == (uint64_t)o->cs_val) {
+        Py_INCREF(o->cs);
+        return o->cs;
+    }
+    return v <= (uint64_t)LLONG_MAX ? PyLong_FromLongLong((long long)v) : PyLong_FromUnsignedLongLong(v);
+}
+
+static inline PyObject *unum(uint64_t v) {
+    return v <= (uint64_t)LLONG_MAX ? PyLong_FromLongLong((long long)v) : PyLong_FromUnsignedLongLong(v);
+}
+
+/* an instance of NamedTuple class `t` holding `items` (stolen, any may be NULL after an error) */
+static PyObject *make_tuple(PyTypeObject *t, PyObject **items, Py_ssize_t n) {
+    PyObject *obj = NULL;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (!items[i]) { for (Py_ssize_t j = 0; j < n; j++) Py_XDECREF(items[j]); return NULL; }
-    PyTypeObject *t = (PyTypeObject *)cls;
-    PyObject *obj = t->tp_alloc(t, n);
-    if (!obj) { for (Py_ssize_t j = 0; j < n; j++) Py_DECREF(items[j]); return NULL; }
+        if (!items[i]) goto fail;
+    if (!(obj = t->tp_alloc(t, n))) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(obj, i, items[i]);
     return obj;
+fail:
+    for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(items[i]);
+    return NULL;
 }
 
-static PyObject *piece(PyObject *piece_cls, PyObject *chunk, long long off, long long len) {
-    PyObject *items[3] = {chunk, PyLong_FromLongLong(off), PyLong_FromLongLong(len)};
-    return make_tuple(piece_cls, items, 3);
+/* ChunkInfo(blob, index, flags, c_off, c_size, d_off, d_size, digest, crc) */
+static PyObject *make_info(const Out *o, uint32_t blob, uint32_t index, uint32_t flags, uint64_t c_off,
+                           uint64_t c_size, uint64_t d_off, uint64_t d_size, const unsigned char *digest,
+                           uint32_t crc) {
+    PyObject *items[9] = {
+        PyLong_FromLong((long)blob), PyLong_FromLong((long)index), PyLong_FromLong((long)flags),
+        unum(c_off), num(o, c_size), unum(d_off), num(o, d_size),
+        PyBytes_FromStringAndSize((const char *)digest, 32), PyLong_FromLong((long)crc)};
+    return make_tuple(o->info, items, 9);
 }
 
-static PyObject *v5_pieces(PyObject *self, PyObject *args) {
+/* add ChunkPiece(chunk, off, len) to the result; `chunk` is stolen (NULL: an error is set) */
+static int add_piece(Out *o, PyObject *chunk, long long off, long long len) {
+    PyObject *items[3] = {chunk, PyLong_FromLongLong(off), num(o, (uint64_t)len)};
+    PyObject *p = make_tuple(o->piece, items, 3);
+    if (!p) return -1;
+    if (o->filled < PyList_GET_SIZE(o->list)) {
+        PyList_SET_ITEM(o->list, o->filled++, p);
+        return 0;
+    }
+    int r = PyList_Append(o->list, p);
+    Py_DECREF(p);
+    o->filled += r == 0;
+    return r;
+}
+
+/* -- v5 ------------------------------------------------------------------------------------------- */
+
+static PyObject *v5_pieces(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
+    long long a[7], end;
+    if (check_nargs("v5_pieces", nargs, 8) < 0 || ll_args(args + 1, 7, a) < 0) return NULL;
+    long long rec_off = a[0], count = a[1], cs = a[2], fsize = a[3], nblobs = a[4], offset = a[5],
+              size = a[6];
+    if (!read_range(offset, size, fsize, cs, &end)) return PyList_New(0);
     Py_buffer view;
-    long long rec_off, count, cs, fsize, nblobs, offset, size;
-    if (!PyArg_ParseTuple(args, "y*LLLLLLL", &view, &rec_off, &count, &cs, &fsize, &nblobs,
-                          &offset, &size))
-        return NULL;
-    PyObject *out = PyList_New(0), *info_cls = NULL, *piece_cls = NULL;
-    long long end = offset + size < fsize ? offset + size : fsize;
-    if (!out || offset < 0 || offset >= end || cs <= 0) goto finish;
-    info_cls = module_attr("rafs.model", "ChunkInfo");
-    piece_cls = module_attr("rafs.model", "ChunkPiece");
-    if (!info_cls || !piece_cls) goto fail;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *buf = view.buf;
-    for (long long i = offset / cs; i <= (end - 1) / cs; i++) {
+    long long first = offset / cs, last = (end - 1) / cs;
+    /* pieces: one per record in range, then one hole if the records end first; a count past what
+     * the buffer can hold fails before the list fills, so it is not preallocated */
+    long long expect = first >= count ? 1 : (last < count ? last : count - 1) - first + 1 + (last >= count);
+    Out o = {0};
+    if (out_open(&o, cs, expect <= view.len / REC_SIZE + 1 ? expect : 0) < 0) goto fail;
+    for (long long i = first; i <= last; i++) {
         long long base = i * cs;
-        long long lo = offset > base ? offset : base, hi = end < base + cs ? end : base + cs;
-        PyObject *p;
-        if (i >= count) {  /* no records past here: the rest of the range is one hole */
+        long long lo = offset > base ? offset : base, hi = cs > end - base ? end : base + cs;
+        if (i >= count) { /* no records past here: the rest of the range is one hole */
             Py_INCREF(Py_None);
-            p = piece(piece_cls, Py_None, 0, end - lo);
-            if (!p || PyList_Append(out, p) < 0) { Py_XDECREF(p); goto fail; }
-            Py_DECREF(p);
+            if (add_piece(&o, Py_None, 0, end - lo) < 0) goto fail;
             break;
-        } else {
-            long long off = rec_off + 80 * i;
-            if (off < 0 || off + 80 > view.len) { raise_short("chunk record", off, 80, view.len); goto fail; }
-            const unsigned char *r = buf + off;
-            uint32_t blob = rd32(r + 32), flags = rd32(r + 36), c_size = rd32(r + 40), d_size = rd32(r + 44);
-            uint64_t c_off = rd64(r + 48), d_off = rd64(r + 56), file_off = rd64(r + 64);
-            uint32_t index = rd32(r + 72), crc = rd32(r + 76);
-            if ((long long)blob >= nblobs) {
-                raise_rafs(PyUnicode_FromString("chunk refers to a blob not in the blob table"),
-                           "chunk record", "blob_index", PyLong_FromUnsignedLong(blob), off + 32);
-                goto fail;
-            }
-            if (d_size == 0 || (long long)d_size > cs || c_size == 0) {
-                raise_rafs(PyUnicode_FromString("bad chunk size"), "chunk record",
-                           "uncompressed_size", PyLong_FromUnsignedLong(d_size), off + 44);
-                goto fail;
-            }
-            long long want = fsize - base < cs ? fsize - base : cs;
-            if (file_off != (uint64_t)base || (long long)d_size != want) {
-                raise_rafs(PyUnicode_FromFormat("chunk %lld does not cover bytes %lld..%lld", i, base, base + want),
-                           "chunk record", "file_offset", PyLong_FromUnsignedLongLong(file_off), off + 64);
-                goto fail;
-            }
-            PyObject *items[9] = {
-                PyLong_FromUnsignedLong(blob), PyLong_FromUnsignedLong(index), PyLong_FromUnsignedLong(flags),
-                PyLong_FromUnsignedLongLong(c_off), PyLong_FromUnsignedLong(c_size),
-                PyLong_FromUnsignedLongLong(d_off), PyLong_FromUnsignedLong(d_size),
-                PyBytes_FromStringAndSize((const char *)r, 32), PyLong_FromUnsignedLong(crc)};
-            PyObject *chunk = make_tuple(info_cls, items, 9);
-            if (!chunk) goto fail;
-            p = piece(piece_cls, chunk, lo - base, hi - lo);
         }
-        if (!p || PyList_Append(out, p) < 0) { Py_XDECREF(p); goto fail; }
-        Py_DECREF(p);
+        long long off;
+        if (entry_pos("chunk record", rec_off, REC_SIZE, i, view.len, &off) < 0) goto fail;
+        const unsigned char *r = buf + off;
+        uint32_t blob = rd32(r + 32), c_size = rd32(r + 40), d_size = rd32(r + 44);
+        uint64_t file_off = rd64(r + 64);
+        if ((long long)blob >= nblobs) {
+            raise_rafs(PyUnicode_FromString("chunk refers to a blob not in the blob table"), "chunk record",
+                       "blob_index", PyLong_FromUnsignedLong(blob), PyLong_FromLongLong(off + 32));
+            goto fail;
+        }
+        if (d_size == 0 || (long long)d_size > cs || c_size == 0) {
+            raise_rafs(PyUnicode_FromString("bad chunk size"), "chunk record", "uncompressed_size",
+                       PyLong_FromUnsignedLong(d_size), PyLong_FromLongLong(off + 44));
+            goto fail;
+        }
+        long long want = cs > fsize - base ? fsize - base : cs;
+        if (file_off != (uint64_t)base || (long long)d_size != want) {
+            raise_rafs(PyUnicode_FromFormat("chunk %lld does not cover bytes %lld..%lld", i, base, base + want),
+                       "chunk record", "file_offset", PyLong_FromUnsignedLongLong(file_off),
+                       PyLong_FromLongLong(off + 64));
+            goto fail;
+        }
+        PyObject *chunk = make_info(&o, blob, rd32(r + 72), rd32(r + 36), rd64(r + 48), c_size, rd64(r + 56),
+                                    d_size, r, rd32(r + 76));
+        if (add_piece(&o, chunk, lo - base, hi - lo) < 0) goto fail;
     }
-    goto finish;
-fail:
-    Py_CLEAR(out);
-finish:
-    Py_XDECREF(info_cls);
-    Py_XDECREF(piece_cls);
     PyBuffer_Release(&view);
-    return out;
+    return out_close(&o, 1);
+fail:
+    PyBuffer_Release(&view);
+    return out_close(&o, 0);
 }
 
-static PyObject *v6_indexes(PyObject *self, PyObject *args) {
-    (void)self;
-    Py_buffer view;
-    long long idx_off, cs, fsize, offset, size;
-    if (!PyArg_ParseTuple(args, "y*LLLLL", &view, &idx_off, &cs, &fsize, &offset, &size))
-        return NULL;
-    PyObject *out = PyList_New(0);
-    long long end = offset + size < fsize ? offset + size : fsize;
-    if (!out || offset < 0 || offset >= end || cs <= 0) goto finish;
-    for (long long i = offset / cs; i <= (end - 1) / cs; i++) {
-        long long base = i * cs;
-        long long lo = offset > base ? offset : base, hi = end < base + cs ? end : base + cs;
-        long long off = idx_off + 8 * i;
-        if (off < 0 || off + 8 > view.len) { raise_short("chunk index", off, 8, view.len); goto fail; }
-        const unsigned char *r = (const unsigned char *)view.buf + off;
-        uint16_t lo16 = rd16(r), hi16 = rd16(r + 2);
-        uint32_t blkaddr = rd32(r + 4);
-        long long want = fsize - base < cs ? fsize - base : cs;
-        PyObject *t;
-        if (blkaddr == NULL_ADDR)
-            t = Py_BuildValue("(iiiLiLL)", -1, 0, 0, want, 0, hi - lo, off);
-        else
-            t = Py_BuildValue("(ikkLLLL)", (int)(hi16 & 0xFF) - 1,
-                              (unsigned long)(((uint32_t)(hi16 >> 8) << 16) | lo16),
-                              (unsigned long)blkaddr, want, lo - base, hi - lo, off);
-        if (!t || PyList_Append(out, t) < 0) { Py_XDECREF(t); goto fail; }
-        Py_DECREF(t);
-    }
-    goto finish;
-fail:
-    Py_CLEAR(out);
-finish:
-    PyBuffer_Release(&view);
-    return out;
-}
+/* -- ci tables ------------------------------------------------------------------------------------ */
 
-static PyObject *ci_entry(PyObject *self, PyObject *args) {
-    (void)self;
-    Py_buffer view;
-    long long version, count, index;
-    if (!PyArg_ParseTuple(args, "y*LLL", &view, &version, &count, &index)) return NULL;
-    PyObject *res = NULL;
-    long long width = version == 2 ? 24 : 16;
+static inline long long ci_width(long long version) { return version == 2 ? 24 : 16; }
+
+/* Decode entry `index` of a ci table of `fits` whole entries into e = (c_off, c_size, d_off,
+ * d_size, v2 flags). */
+static int ci_decode(const unsigned char *data, long long fits, long long version, long long count,
+                     long long index, uint64_t e[5]) {
     if (index < 0 || index >= count) {
         raise_rafs(PyUnicode_FromString("chunk index beyond the ci table"), "blob meta", "chunk_index",
-                   PyLong_FromLongLong(index), -1);
-    } else if ((index + 1) * width > view.len) {
-        raise_rafs(PyUnicode_FromString("ci table shorter than its entry count"), "blob meta",
-                   "chunk_index", PyLong_FromLongLong(index), -1);
+                   PyLong_FromLongLong(index), NULL);
+        return -1;
+    }
+    if (index >= fits) {
+        raise_rafs(PyUnicode_FromString("ci table shorter than its entry count"), "blob meta", "chunk_index",
+                   PyLong_FromLongLong(index), NULL);
+        return -1;
+    }
+    const unsigned char *r = data + index * ci_width(version);
+    uint64_t d = rd64(r), c = rd64(r + 8);
+    e[0] = c & 0xFFFFFFFFFFULL;
+    if (version != 2) {
+        e[1] = ((c >> 44) | ((c & 0xF0000000000ULL) >> 20)) + 1;
+        e[2] = d & 0x00000FFFFFFFF000ULL;
+        e[3] = ((d >> 44) | ((d & 0xF00) << 12)) + 1;
+        e[4] = e[1] != e[3];
     } else {
-        const unsigned char *r = (const unsigned char *)view.buf + index * width;
-        uint64_t d = rd64(r), c = rd64(r + 8);
-        if (version != 2) {
-            uint64_t d_size = ((d >> 44) | ((d & 0xF00) << 12)) + 1;
-            uint64_t c_size = ((c >> 44) | ((c & 0xF0000000000ULL) >> 20)) + 1;
-            res = Py_BuildValue("(KKKKi)", (unsigned long long)(c & 0xFFFFFFFFFFULL), (unsigned long long)c_size,
-                                (unsigned long long)(d & 0x00000FFFFFFFF000ULL), (unsigned long long)d_size,
-                                c_size != d_size ? 1 : 0);
-        } else {
-            res = Py_BuildValue("(KKKKK)", (unsigned long long)(c & 0xFFFFFFFFFFULL), (unsigned long long)(c >> 40),
-                                (unsigned long long)((d & 0xFFFFFFFFULL) << 12),
-                                (unsigned long long)(((d >> 32) & 0xFFFFFF) + 1), (unsigned long long)(d >> 56));
+        e[1] = c >> 40;
+        e[2] = (d & 0xFFFFFFFFULL) << 12;
+        e[3] = ((d >> 32) & 0xFFFFFF) + 1;
+        e[4] = d >> 56;
+    }
+    return 0;
+}
+
+/* hex(v) */
+static PyObject *hex_of(uint64_t v) {
+    PyObject *n = unum(v), *h = n ? PyNumber_ToBase(n, 16) : NULL;
+    Py_XDECREF(n);
+    return h;
+}
+
+/* the chunk flags of the flags ci_decode gave (twin: ci_flags) */
+static int ci_flags(uint64_t f, long long version, long long index, uint32_t *flags) {
+    if (version != 2) {
+        *flags = f ? 1 : 0;
+        return 0;
+    }
+    if (f & CI_V2_UNSUPPORTED) {
+        PyObject *cls = module_attr("rafs.errors", "UnsupportedImageError"), *hex = hex_of(f);
+        PyObject *detail = hex ? PyUnicode_FromFormat("ci v2 flags %U on chunk %lld", hex, index) : NULL;
+        PyObject *exc = cls && detail ? PyObject_CallFunction(cls, "sO", "zran/batch/encrypted chunks", detail)
+                                      : NULL;
+        if (exc) PyErr_SetObject(cls, exc);
+        Py_XDECREF(exc); Py_XDECREF(detail); Py_XDECREF(hex); Py_XDECREF(cls);
+        return -1;
+    }
+    if (f & ~(uint64_t)CI_V2_KNOWN) {
+        raise_rafs(PyUnicode_FromString("unknown ci v2 chunk flags"), "blob meta", "flags", hex_of(f), NULL);
+        return -1;
+    }
+    *flags = f & CI_V2_COMPRESSED ? 1 : 0;
+    return 0;
+}
+
+static PyObject *ci_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[3];
+    if (check_nargs("ci_entry", nargs, 4) < 0 || ll_args(args + 1, 3, a) < 0) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    uint64_t e[5];
+    PyObject *res = NULL;
+    if (ci_decode(view.buf, view.len / ci_width(a[0]), a[0], a[1], a[2], e) == 0)
+        res = Py_BuildValue("(NNNNN)", unum(e[0]), unum(e[1]), unum(e[2]), unum(e[3]), unum(e[4]));
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* -- v6 ------------------------------------------------------------------------------------------- */
+
+/* What resolving v6 chunks needs besides the result classes. */
+typedef struct {
+    const unsigned char *buf;
+    Py_ssize_t len;
+    long long bs, nblobs;
+    uint64_t max_blk; /* the largest block address whose offset fits in 64 bits (bs > 0) */
+    PyObject *map; /* dict: chunk_key -> position of an 80-byte chunk table record */
+    PyObject *ci;  /* list or tuple, by blob: None or (data, version, count) */
+    /* the ci table last used (a reference is held on its data while in use) */
+    long long ci_blob; /* -1: none yet */
+    PyObject *ci_obj;
+    Py_buffer ci_view;
+    long long ci_version, ci_count, ci_fits; /* ci_fits: whole entries in the data */
+} V6;
+
+/* args: block_size, blob_count, chunk_map, ci_tables */
+static int v6_open(V6 *v, PyObject *const *args, const Py_buffer *view) {
+    v->buf = view->buf;
+    v->len = view->len;
+    v->map = args[2];
+    v->ci = args[3];
+    v->ci_blob = -1;
+    v->ci_obj = NULL;
+    if ((v->bs = PyLong_AsLongLong(args[0])) == -1 && PyErr_Occurred()) return -1;
+    if ((v->nblobs = PyLong_AsLongLong(args[1])) == -1 && PyErr_Occurred()) return -1;
+    v->max_blk = v->bs > 0 ? UINT64_MAX / (uint64_t)v->bs : 0;
+    if (!PyDict_Check(v->map)) {
+        PyErr_SetString(PyExc_TypeError, "chunk_map must be a dict");
+        return -1;
+    }
+    if (!PyList_Check(v->ci) && !PyTuple_Check(v->ci)) {
+        PyErr_SetString(PyExc_TypeError, "ci_tables must be a list or a tuple");
+        return -1;
+    }
+    return 0;
+}
+
+static void v6_release_ci(V6 *v) {
+    if (v->ci_obj) {
+        PyBuffer_Release(&v->ci_view);
+        Py_CLEAR(v->ci_obj);
+    }
+    v->ci_blob = -1;
+}
+
+/* make blob's ci table the current one: 1 it has one, 0 it has none, -1 error */
+static int v6_ci_table(V6 *v, long long blob) {
+    if (blob == v->ci_blob) return v->ci_obj != NULL;
+    v6_release_ci(v);
+    PyObject *t = blob < PySequence_Fast_GET_SIZE(v->ci) ? PySequence_Fast_GET_ITEM(v->ci, blob) : Py_None;
+    if (t == Py_None) {
+        v->ci_blob = blob;
+        return 0;
+    }
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+        PyErr_SetString(PyExc_TypeError, "a ci table must be None or (data, version, count)");
+        return -1;
+    }
+    Py_INCREF(t); /* int conversions may run Python code */
+    int r = -1;
+    if ((v->ci_version = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 1))) == -1 && PyErr_Occurred()) goto done;
+    if ((v->ci_count = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2))) == -1 && PyErr_Occurred()) goto done;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 0), &v->ci_view, PyBUF_SIMPLE) < 0) goto done;
+    v->ci_fits = v->ci_view.len / ci_width(v->ci_version);
+    v->ci_obj = PyTuple_GET_ITEM(t, 0);
+    Py_INCREF(v->ci_obj);
+    v->ci_blob = blob;
+    r = 1;
+done:
+    Py_DECREF(t);
+    return r;
+}
+
+/* look up (blob, c_index, blkaddr) in the chunk map: 1 found (*pos unchecked, -1 if it does not
+ * fit in 64 bits; *val is the map's value, borrowed), 0 none, -1 error */
+static int v6_lookup(const V6 *v, long long blob, long long c_index, long long blkaddr, long long *pos,
+                     PyObject **val) {
+    if (blob < 0 || blob > 0xFF || c_index < 0 || c_index > 0xFFFFFF || blkaddr < 0 || blkaddr > 0xFFFFFFFFLL)
+        return 0; /* no chunk_key: no record */
+    PyObject *key = PyLong_FromUnsignedLongLong(((uint64_t)blob << 56) | ((uint64_t)c_index << 32) |
+                                                (uint64_t)blkaddr);
+    if (!key) return -1;
+    *val = PyDict_GetItemWithError(v->map, key);
+    Py_DECREF(key);
+    if (!*val) return PyErr_Occurred() ? -1 : 0;
+    int overflow;
+    *pos = PyLong_AsLongLongAndOverflow(*val, &overflow);
+    if (*pos == -1 && PyErr_Occurred()) return -1;
+    if (overflow) *pos = -1;
+    return 1;
+}
+
+static inline int record_fits(const V6 *v, long long pos) { return pos >= 0 && pos <= v->len - REC_SIZE; }
+
+/* the checked position of the chunk table record of (blob, c_index, blkaddr): 1 found, 0 none,
+ * -1 error */
+static int v6_record(const V6 *v, long long blob, long long c_index, long long blkaddr, long long *pos) {
+    PyObject *val = NULL;
+    int found = v6_lookup(v, blob, c_index, blkaddr, pos, &val);
+    if (found == 1 && !record_fits(v, *pos)) {
+        Py_INCREF(val);
+        raise_short_at("chunk table", val, REC_SIZE, v->len);
+        return -1;
+    }
+    return found;
+}
+
+/* The ChunkInfo of chunk c_index of blob `blob`, `want` bytes at block blkaddr, named by the chunk
+ * index at `where` (-1: none); twin: v6_chunk. hint: the record's position if known, HINT_NONE if
+ * known to have none, else HINT_UNKNOWN. */
+static PyObject *v6_resolve(V6 *v, const Out *o, long long blob, long long c_index, long long blkaddr,
+                            long long want, long long where, long long hint) {
+    if (blob < 0 || blob >= v->nblobs) {
+        raise_rafs(PyUnicode_FromString("chunk index names a blob not in the blob table"), "chunk index",
+                   "device_id", PyLong_FromLongLong(blob + 1), PyLong_FromLongLong(where));
+        return NULL;
+    }
+    long long pos = hint;
+    int found = hint >= 0 ? 1 : hint == HINT_NONE ? 0 : v6_record(v, blob, c_index, blkaddr, &pos);
+    if (found < 0) return NULL;
+    const unsigned char *rec = found ? v->buf + pos : NULL;
+    uint32_t rflags = rec ? rd32(rec + 36) : 0, flags;
+    uint64_t c_off, c_size, d_off, d_size;
+    int has_ci = v6_ci_table(v, blob);
+    if (has_ci < 0) return NULL;
+    if (has_ci) {
+        uint64_t e[5];
+        if (ci_decode(v->ci_view.buf, v->ci_fits, v->ci_version, v->ci_count, c_index, e) < 0 ||
+            ci_flags(e[4], v->ci_version, c_index, &flags) < 0)
+            return NULL;
+        c_off = e[0], c_size = e[1], d_off = e[2], d_size = e[3];
+        flags |= rflags & CHUNK_HAS_CRC32;
+    } else if (!rec) {
+        raise_rafs(PyUnicode_FromString("chunk has no chunk table record and no ci table is loaded"),
+                   "chunk index", "chunk_index", PyLong_FromLongLong(c_index), PyLong_FromLongLong(where));
+        return NULL;
+    } else {
+        flags = rflags;
+        c_size = rd32(rec + 40), d_size = rd32(rec + 44), c_off = rd64(rec + 48), d_off = rd64(rec + 56);
+    }
+    /* d_off == blkaddr * block_size, in exact arithmetic */
+    int at = v->bs > 0 ? blkaddr >= 0 && (uint64_t)blkaddr <= v->max_blk &&
+                             d_off == (uint64_t)blkaddr * (uint64_t)v->bs
+                       : d_off == 0 && (v->bs == 0 || blkaddr == 0);
+    if (!at || want < 0 || d_size != (uint64_t)want || c_size == 0) {
+        raise_rafs(PyUnicode_FromFormat("chunk %lld of blob %lld disagrees with its index "
+                                        "(offset %llu vs block %lld, size %llu vs %lld)",
+                                        c_index, blob, (unsigned long long)d_off, blkaddr,
+                                        (unsigned long long)d_size, want),
+                   "chunk index", "blkaddr", PyLong_FromLongLong(blkaddr), PyLong_FromLongLong(where));
+        return NULL;
+    }
+    if (!rec) {
+        raise_rafs(PyUnicode_FromString("chunk has no digest in the chunk table"), "chunk index",
+                   "chunk_index", PyLong_FromLongLong(c_index), PyLong_FromLongLong(where));
+        return NULL;
+    }
+    /* a record was found, so blob and c_index fit chunk_key's 8 and 24 bits */
+    return make_info(o, (uint32_t)blob, (uint32_t)c_index, flags, c_off, c_size, d_off, d_size, rec,
+                     rd32(rec + 76));
+}
+
+/* the chunk index at r: blob index (-1: none), chunk index, block address (NULL_ADDR: hole) */
+static inline void v6_index(const unsigned char *r, long long *blob, long long *c_index, long long *blkaddr) {
+    uint16_t lo16 = rd16(r), hi16 = rd16(r + 2);
+    *blob = (long long)(hi16 & 0xFF) - 1;
+    *c_index = ((long long)(hi16 >> 8) << 16) | lo16;
+    *blkaddr = rd32(r + 4);
+}
+
+/* First pass over the n chunk indexes from index i: look up each chunk's record and prefetch it
+ * and its ci entry, so that they load while the second pass builds the results. Raises nothing:
+ * it stops where the second pass may meet an error, leaving HINT_UNKNOWN there and after. */
+static void v6_prefetch(V6 *v, long long idx_off, long long i, long long n, long long *hint) {
+    long long k = 0;
+    for (; k < n; k++) {
+        long long off, blob, c_index, blkaddr, pos;
+        PyObject *val;
+        if (!entry_fits(idx_off, 8, i + k, v->len, &off)) break;
+        v6_index(v->buf + off, &blob, &c_index, &blkaddr);
+        hint[k] = HINT_NONE;
+        if (blkaddr == NULL_ADDR || blob < 0) continue; /* a hole */
+        if (blob >= v->nblobs) break;
+        int found = v6_lookup(v, blob, c_index, blkaddr, &pos, &val);
+        if (found < 0 || v6_ci_table(v, blob) < 0) {
+            PyErr_Clear();
+            break;
+        }
+        if (v->ci_obj && c_index < v->ci_fits)
+            __builtin_prefetch((const char *)v->ci_view.buf + c_index * ci_width(v->ci_version));
+        if (found) {
+            if (!record_fits(v, pos)) break;
+            __builtin_prefetch(v->buf + pos);
+            __builtin_prefetch(v->buf + pos + REC_SIZE - 1);
+            hint[k] = pos;
         }
     }
+    for (; k < n; k++) hint[k] = HINT_UNKNOWN;
+}
+
+static PyObject *v6_pieces(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[5], end;
+    if (check_nargs("v6_pieces", nargs, 10) < 0 || ll_args(args + 1, 5, a) < 0) return NULL;
+    long long idx_off = a[0], cs = a[1], fsize = a[2], offset = a[3], size = a[4];
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    Out o = {0};
+    V6 v;
+    if (v6_open(&v, args + 6, &view) < 0) goto fail;
+    if (!read_range(offset, size, fsize, cs, &end)) {
+        PyBuffer_Release(&view);
+        return PyList_New(0);
+    }
+    long long first = offset / cs, last = (end - 1) / cs, hint[BATCH];
+    /* one piece per chunk index; more indexes than the buffer holds fail before the list fills */
+    if (out_open(&o, cs, last - first < view.len / 8 ? last - first + 1 : 0) < 0) goto fail;
+    for (long long i = first, k = BATCH; i <= last; i++, k++) {
+        if (k == BATCH) {
+            v6_prefetch(&v, idx_off, i, last - i < BATCH ? last - i + 1 : BATCH, hint);
+            k = 0;
+        }
+        long long base = i * cs;
+        long long lo = offset > base ? offset : base, hi = cs > end - base ? end : base + cs;
+        long long off, blob, c_index, blkaddr;
+        if (entry_pos("chunk index", idx_off, 8, i, view.len, &off) < 0) goto fail;
+        v6_index(v.buf + off, &blob, &c_index, &blkaddr);
+        if (blkaddr == NULL_ADDR || blob < 0) {
+            Py_INCREF(Py_None);
+            if (add_piece(&o, Py_None, 0, hi - lo) < 0) goto fail;
+            continue;
+        }
+        long long want = cs > fsize - base ? fsize - base : cs;
+        PyObject *chunk = v6_resolve(&v, &o, blob, c_index, blkaddr, want, off, hint[k]);
+        if (add_piece(&o, chunk, lo - base, hi - lo) < 0) goto fail;
+    }
+    v6_release_ci(&v);
+    PyBuffer_Release(&view);
+    return out_close(&o, 1);
+fail:
+    v6_release_ci(&v);
+    PyBuffer_Release(&view);
+    return out_close(&o, 0);
+}
+
+static PyObject *v6_chunk(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[5];
+    if (check_nargs("v6_chunk", nargs, 10) < 0 || ll_args(args + 1, 5, a) < 0) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    Out o = {0};
+    V6 v;
+    PyObject *res = NULL;
+    if (v6_open(&v, args + 6, &view) == 0 && out_open(&o, a[3], -1) == 0)
+        res = v6_resolve(&v, &o, a[0], a[1], a[2], a[3], a[4], HINT_UNKNOWN);
+    v6_release_ci(&v);
+    out_close(&o, 0);
     PyBuffer_Release(&view);
     return res;
 }
 
 static PyMethodDef methods[] = {
-    {"v5_pieces", v5_pieces, METH_VARARGS, "Chunk pieces of a byte range of a RAFS v5 file."},
-    {"v6_indexes", v6_indexes, METH_VARARGS, "Decoded chunk indexes of a byte range of a RAFS v6 file."},
-    {"ci_entry", ci_entry, METH_VARARGS, "One entry of a blob's ci table (v1 or v2)."},
+    {"v5_pieces", (PyCFunction)(void (*)(void))v5_pieces, METH_FASTCALL,
+     "v5_pieces(buf, records_off, count, chunk_size, file_size, blob_count, offset, size)\n--\n\n"
+     "Chunk pieces of [offset, offset+size) of a RAFS v5 file."},
+    {"v6_pieces", (PyCFunction)(void (*)(void))v6_pieces, METH_FASTCALL,
+     "v6_pieces(buf, index_off, chunk_size, file_size, offset, size, block_size, blob_count, chunk_map, "
+     "ci_tables)\n--\n\nChunk pieces of [offset, offset+size) of a RAFS v6 file."},
+    {"v6_chunk", (PyCFunction)(void (*)(void))v6_chunk, METH_FASTCALL,
+     "v6_chunk(buf, blob, chunk_index, blkaddr, want, where, block_size, blob_count, chunk_map, "
+     "ci_tables)\n--\n\nThe ChunkInfo of one RAFS v6 chunk."},
+    {"ci_entry", (PyCFunction)(void (*)(void))ci_entry, METH_FASTCALL,
+     "ci_entry(data, version, count, index)\n--\n\nOne entry of a blob's ci table (v1 or v2)."},
     {NULL, NULL, 0, NULL},
 };
 

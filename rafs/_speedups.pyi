@@ -1,13 +1,19 @@
-"""Type stub of the C module rafs._speedups (twin: rafs._chunkmap)."""
+"""Type stub of the C module rafs._speedups (reference twin: rafs._chunkmap)."""
 
+from collections.abc import Sequence
 from typing import Any
 
-from .model import ChunkPiece
+from .model import ChunkInfo, ChunkPiece
 
 Buffer = Any  # bytes, memoryview, mmap: anything with the buffer protocol
+CiTableData = tuple[bytes, int, int]  # (data, version, count) of a blob's ci table
 
 def v5_pieces(buf: Buffer, records_off: int, count: int, chunk_size: int, file_size: int,
               blob_count: int, offset: int, size: int) -> list[ChunkPiece]: ...
-def v6_indexes(buf: Buffer, index_off: int, chunk_size: int, file_size: int, offset: int,
-               size: int) -> list[tuple[int, int, int, int, int, int, int]]: ...
+def v6_pieces(buf: Buffer, index_off: int, chunk_size: int, file_size: int, offset: int,
+              size: int, block_size: int, blob_count: int, chunk_map: dict[int, int],
+              ci_tables: Sequence[CiTableData | None]) -> list[ChunkPiece]: ...
+def v6_chunk(buf: Buffer, blob: int, chunk_index: int, blkaddr: int, want: int, where: int,
+             block_size: int, blob_count: int, chunk_map: dict[int, int],
+             ci_tables: Sequence[CiTableData | None]) -> ChunkInfo: ...
 def ci_entry(data: Buffer, version: int, count: int, index: int) -> tuple[int, int, int, int, int]: ...

@@ -6,8 +6,9 @@ import struct
 from collections.abc import Callable
 
 from . import chunkmap, codecs
-from .errors import RafsError, UnsupportedImageError
-from .model import BLOB_CHUNK_INFO_V2, CHUNK_COMPRESSED, COMPRESSORS, BlobInfo
+from ._chunkmap import ci_flags
+from .errors import RafsError
+from .model import BLOB_CHUNK_INFO_V2, COMPRESSORS, BlobInfo
 
 META_MAGIC = 0xB10BB10B
 META_HEADER_SIZE = 4096
@@ -38,17 +39,7 @@ class CiTable:
         """(c_off, c_size, d_off, d_size, chunk flags) of chunk `index`."""
         c_off, c_size, d_off, d_size, flags = chunkmap.ci_entry(self.data, self.version,
                                                                 self.count, index)
-        if self.version == 2:
-            if flags & (V2_ZRAN | V2_BATCH | V2_ENCRYPTED):
-                raise UnsupportedImageError("zran/batch/encrypted chunks",
-                                            f"ci v2 flags {flags:#x} on chunk {index}")
-            if flags & ~0x1F:
-                raise RafsError("unknown ci v2 chunk flags", structure="blob meta", field="flags",
-                                value=hex(flags))
-            flags = CHUNK_COMPRESSED if flags & V2_COMPRESSED else 0
-        else:
-            flags = CHUNK_COMPRESSED if flags else 0
-        return c_off, c_size, d_off, d_size, flags
+        return c_off, c_size, d_off, d_size, ci_flags(flags, self.version, index)
 
 
 def parse_header(raw: bytes, blob: BlobInfo) -> None:

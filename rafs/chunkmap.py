@@ -1,25 +1,30 @@
 """Chunk lookup hot path: the C module rafs._speedups, or its pure-Python twin rafs._chunkmap.
 
-`PYNYDUSD_PUREPYTHON=1` forces the twin. `IMPLEMENTATION` says which one is active ("c" or
-"python"). Both give identical results and raise identical RafsErrors.
+Both provide v5_pieces (v5 chunk records -> ChunkPieces), v6_pieces (v6 chunk indexes resolved
+through the chunk map and the ci tables -> ChunkPieces), v6_chunk (one v6 chunk) and ci_entry
+(one ci table entry), with identical results and identical errors. `chunk_key` (pure Python,
+shared) packs the v6 chunk-map keys both expect. `PYNYDUSD_PUREPYTHON=1` forces the twin;
+`IMPLEMENTATION` says which one is active ("c" or "python").
 """
 
 from __future__ import annotations
 
 import os
 
+from ._chunkmap import chunk_key
+
 if os.environ.get("PYNYDUSD_PUREPYTHON") == "1":
-    from ._chunkmap import ci_entry, v5_pieces, v6_indexes
+    from ._chunkmap import ci_entry, v5_pieces, v6_chunk, v6_pieces
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._speedups import ci_entry, v5_pieces, v6_indexes
+        from ._speedups import ci_entry, v5_pieces, v6_chunk, v6_pieces
 
         IMPLEMENTATION = "c"
     except ImportError:
-        from ._chunkmap import ci_entry, v5_pieces, v6_indexes
+        from ._chunkmap import ci_entry, v5_pieces, v6_chunk, v6_pieces
 
         IMPLEMENTATION = "python"
 
-__all__ = ["IMPLEMENTATION", "ci_entry", "v5_pieces", "v6_indexes"]
+__all__ = ["IMPLEMENTATION", "chunk_key", "ci_entry", "v5_pieces", "v6_chunk", "v6_pieces"]

@@ -114,6 +114,7 @@ class V5Image(Image):
         self.buf = buf
         self.path = path
         self._recs: dict[int, _Rec] = {}
+        self._files: dict[int, _Rec] = {}  # checked regular files
         self._read_super()
         self.blobs = self._read_blobs()
         self.prefetch = self._read_prefetch()
@@ -430,7 +431,12 @@ class V5Image(Image):
         return rec
 
     def chunks(self, ino: int, offset: int, size: int) -> list[ChunkPiece]:
-        rec = self._regular(ino)
+        rec = self._files.get(ino)
+        if rec is None:
+            rec = self._regular(ino)
+            if len(self._files) >= INODE_CACHE_MAX:
+                self._files.clear()
+            self._files[ino] = rec
         end = min(offset + size, rec.size)
         if offset < 0 or offset >= end:
             return []

@@ -1,7 +1,8 @@
 """RAFS v6 (EROFS-compatible) bootstrap reader (rafs-format.md section 4).
 
 Inodes are addressed by nid and decoded on first use; the bootstrap chunk table is indexed on
-first chunk lookup; a blob's ci table, once attached, takes over chunk resolution.
+first chunk lookup (by `chunkmap.chunk_key`); a blob's ci table, once attached, gives chunk
+offsets and sizes. Chunk lookup itself is `chunkmap.v6_pieces` / `v6_chunk` (C or Python).
 """
 
 from __future__ import annotations
@@ -92,12 +93,14 @@ class V6Image(Image):
         self.buf = buf
         self.path = path
         self._inodes: dict[int, _Ino] = {}
+        self._files: dict[int, tuple[int, int]] = {}  # checked regular files: (idx_off, size)
         self._parents: dict[int, int] = {}
-        self._chunk_map: dict[tuple[int, int, int], int] | None = None
+        self._chunk_map: dict[int, int] | None = None
         self._ci: dict[int, CiTable] = {}
         self._read_super()
         self._read_ext_super()
         self.blobs = self._read_blobs(blob_id_override)
+        self._ci_tables: list[tuple[bytes, int, int] | None] = [None] * len(self.blobs)
         self.prefetch = self._read_prefetch()
         root = self._inode(self.root_ino)
         if not stat.S_ISDIR(root.mode):
@@ -455,18 +458,26 @@ class V6Image(Image):
         if not 0 <= blob_index < len(self.blobs):
             raise RafsError("no such blob", structure="blob table", field="index", value=blob_index)
         self._ci[blob_index] = table
+        self._ci_tables[blob_index] = (table.data, table.version, table.count)
 
     def has_ci_table(self, blob_index: int) -> bool:
         return blob_index in self._ci
 
     def chunk_by_index(self, blob_index: int, chunk_index: int) -> ChunkInfo | None:
-        """Chunk `chunk_index` of a blob whose ci table is attached (None otherwise or past the end);
-        the storage layer uses it to widen small reads to neighbouring chunks."""
+        """Chunk `chunk_index` of a blob whose ci table is attached (None otherwise, past the end,
+        or when no chunk index could name it); the storage layer uses it to widen small reads to
+        neighbouring chunks."""
         table = self._ci.get(blob_index)
         if table is None or not 0 <= chunk_index < table.count:
             return None
-        _c_off, _c_size, d_off, d_size, _flags = table.entry(chunk_index)
-        return self._resolve(blob_index, chunk_index, d_off // self.block_size, d_size, -1)
+        _c_off, _c_size, d_off, d_size, _flags = chunkmap.ci_entry(table.data, table.version,
+                                                                   table.count, chunk_index)
+        blkaddr = d_off // self.block_size
+        if chunkmap.chunk_key(blob_index, chunk_index, blkaddr) is None:
+            return None
+        return chunkmap.v6_chunk(self.buf.data, blob_index, chunk_index, blkaddr, d_size, -1,
+                                 self.block_size, len(self.blobs), self._chunk_map_get(),
+                                 self._ci_tables)
 
     def _regular(self, ino: int) -> tuple[_Ino, int, int]:
         node = self._inode(ino)
@@ -481,58 +492,40 @@ class V6Image(Image):
         self.buf.check(idx_off, 8 * count, "inode", "chunk indexes")
         return node, idx_off, count
 
-    def _chunk_map_get(self) -> dict[tuple[int, int, int], int]:
+    def _chunk_map_get(self) -> dict[int, int]:
+        """chunk_key(blob, chunk index, block address) -> position of its chunk table record;
+        records no chunk index can name are left out, and of equal keys the last record wins.
+        The table is sorted by digest: the map is filled in key order, creating each key and
+        position int then, so that the chunks of one read sit close together in memory."""
         if self._chunk_map is None:
             off, size = self._chunk_table
+            self.buf.check(off, size, "chunk table")
+            bs, table = self.block_size, memoryview(self.buf.data)[off:off + size]
+            rows = sorted((blob, c_index, d_off // bs, i) for i, (
+                _digest, blob, _f, _cs, _ds, _co, d_off, _fo, c_index, _crc) in enumerate(
+                    _CHUNK_REC.iter_unpack(table)))
             m = {}
-            for pos in range(off, off + size, 80):
-                blob, c_index, d_off = self._rec_key(pos)
-                m[(blob, c_index, d_off // self.block_size)] = pos
+            for blob, c_index, blkaddr, i in rows:
+                k = chunkmap.chunk_key(blob, c_index, blkaddr)
+                if k is not None:
+                    m[k] = off + 80 * i
             self._chunk_map = m
         return self._chunk_map
-
-    def _rec_key(self, pos: int) -> tuple[int, int, int]:
-        rec = self.buf.unpack(_CHUNK_REC, pos, "chunk table")
-        return rec[1], rec[8], rec[6]
-
-    def _resolve(self, blob: int, c_index: int, blkaddr: int, want: int, where: int) -> ChunkInfo:
-        if not 0 <= blob < len(self.blobs):
-            raise RafsError("chunk index names a blob not in the blob table",
-                            structure="chunk index", field="device_id", value=blob + 1, offset=where)
-        pos = self._chunk_map_get().get((blob, c_index, blkaddr))
-        digest, crc, rflags = b"", 0, 0
-        if pos is not None:
-            (digest, _b, rflags, c_size, d_size, c_off, d_off, _fo, _ci,
-             crc) = self.buf.unpack(_CHUNK_REC, pos, "chunk table")
-        table = self._ci.get(blob)
-        if table is not None:
-            c_off, c_size, d_off, d_size, flags = table.entry(c_index)
-            flags |= rflags & 0x10
-        elif pos is None:
-            raise RafsError("chunk has no chunk table record and no ci table is loaded",
-                            structure="chunk index", field="chunk_index", value=c_index, offset=where)
-        else:
-            flags = rflags
-        if d_off != blkaddr * self.block_size or d_size != want or c_size == 0:
-            raise RafsError(f"chunk {c_index} of blob {blob} disagrees with its index "
-                            f"(offset {d_off} vs block {blkaddr}, size {d_size} vs {want})",
-                            structure="chunk index", field="blkaddr", value=blkaddr, offset=where)
-        if pos is None:
-            raise RafsError("chunk has no digest in the chunk table", structure="chunk index",
-                            field="chunk_index", value=c_index, offset=where)
-        return ChunkInfo(blob, c_index, flags, c_off, c_size, d_off, d_size, digest, crc)
 
     def file_chunks(self, ino: int) -> list[ChunkInfo]:
         return [p.chunk for p in self.chunks(ino, 0, self.getattr(ino).size) if p.chunk]
 
     def chunks(self, ino: int, offset: int, size: int) -> list[ChunkPiece]:
-        node, idx_off, _count = self._regular(ino)
-        if offset < 0 or offset >= node.size or size <= 0:
+        f = self._files.get(ino)
+        if f is None:
+            node, idx_off, _count = self._regular(ino)
+            if len(self._files) >= INODE_CACHE_MAX:
+                self._files.clear()
+            f = self._files[ino] = (idx_off, node.size)
+        idx_off, file_size = f
+        if offset < 0 or offset >= file_size or size <= 0:
             return []
-        size = min(size, node.size - offset)  # keeps offset + size inside 64 bits
-        resolve = self._resolve
-        return [ChunkPiece(None, 0, n) if blob < 0 else
-                ChunkPiece(resolve(blob, c_index, blkaddr, want, where), lo, n)
-                for blob, c_index, blkaddr, want, lo, n, where in chunkmap.v6_indexes(
-                    self.buf.data, idx_off, self.chunk_size, node.size, offset, size)]
-
+        size = min(size, file_size - offset)  # keeps offset + size inside 64 bits
+        return chunkmap.v6_pieces(self.buf.data, idx_off, self.chunk_size, file_size, offset, size,
+                                  self.block_size, len(self.blobs), self._chunk_map_get(),
+                                  self._ci_tables)

@@ -76,14 +76,177 @@ def test_v5_twins_agree_on_random_tables(buf, rec_off, count, cs, fsize, nblobs,
     assert outcome(_speedups.v5_pieces, *args) == outcome(_chunkmap.v5_pieces, *args)
 
 
+def ci_v1(c_off: int, c_size: int, d_off: int, d_size: int) -> bytes:
+    d, c = d_size - 1, c_size - 1
+    return struct.pack("<QQ", d_off & 0xFFF_FFFF_F000 | (d >> 20 & 0xF) << 8 | (d & 0xFFFFF) << 44,
+                       c_off & 0xFF_FFFF_FFFF | (c >> 20 & 0xF) << 40 | (c & 0xFFFFF) << 44)
+
+
+def ci_v2(c_off: int, c_size: int, d_off: int, d_size: int, flags: int) -> bytes:
+    return struct.pack("<QQQ", (d_off >> 12 & 0xFFFF_FFFF) | ((d_size - 1) & 0xFF_FFFF) << 32
+                       | (flags & 0xFF) << 56, c_off & 0xFF_FFFF_FFFF | (c_size & 0xFF_FFFF) << 40, 0)
+
+
+# Mostly consistent v6 metadata: chunk records, chunk indexes naming them (or holes, or junk), a
+# chunk map (plus stray and out-of-range entries), ci tables (v1/v2, or junk); then a few bytes
+# flipped. Values are drawn from small sets so that success and every error path are common.
+_CS = 0x1000
+_KEYS = [0, 1, 2, 3, 0, 1, 0xFF_FFFF, 1 << 24]
+_BLKS = [0, 1, 2, 7, 0, 1, 0xFFFF_FFFF, 1 << 32]
+
+
+@st.composite
+def v6_case(draw):
+    pick = st.sampled_from
+    bs = draw(pick([0x1000, 0x1000, 0x1000, 0x200, 1, 0]))
+    nblobs = draw(pick([1, 1, 1, 2, 3, 0]))
+    recs = []
+    for _ in range(draw(st.integers(0, 6))):
+        blob = draw(st.integers(0, max(nblobs - 1, 0)) if draw(pick([1, 1, 1, 1, 0]))
+                    else pick([0, 1, 2, 3]))
+        c_index, blk = draw(pick(_KEYS)), draw(pick(_BLKS))
+        recs.append((draw(st.binary(min_size=32, max_size=32)), blob,
+                     draw(pick([0, 1, 0x10, 0x11, 0x2, 0xFFFF_FFFF])), draw(pick([_CS, 100, 1, 0])),
+                     draw(pick([_CS, _CS, _CS, 100, 0, _CS + 1])), draw(pick([0, 5, 1 << 40])),
+                     blk * (bs or 1), 0, c_index, draw(pick([0, 7, 0xFFFF_FFFF]))))
+    idx = b""
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(pick(["rec"] * 6 + ["hole", "junk"]))
+        if kind == "rec" and recs:
+            r = recs[draw(st.integers(0, len(recs) - 1))]
+            blob, c_index, blk = r[1] + 1, r[8], r[6] // (bs or 1)
+            idx += struct.pack("<HHI", c_index & 0xFFFF, (c_index >> 16 & 0xFF) << 8 | blob & 0xFF,
+                               blk & 0xFFFF_FFFF)
+        elif kind == "hole":
+            idx += struct.pack("<HHI", draw(st.integers(0, 0xFFFF)), draw(pick([0, 1, 2])),
+                               0xFFFF_FFFF)
+        else:
+            idx += draw(st.binary(min_size=8, max_size=8))
+    index_off = draw(st.integers(0, 9))
+    rec_off = index_off + len(idx) + draw(st.integers(0, 3))
+    buf = bytearray(bytes(rec_off) + b"".join(struct.pack("<32sIIIIQQQII", *r) for r in recs)
+                    + bytes(draw(st.integers(0, 5))))
+    buf[index_off:index_off + len(idx)] = idx
+    chunk_map = {}
+    for i, r in enumerate(recs):
+        key = chunkmap.chunk_key(r[1], r[8], r[6] // (bs or 1))
+        if key is not None:
+            chunk_map[key] = rec_off + 80 * i
+    for _ in range(draw(pick([0, 0, 1, 2]))):
+        chunk_map[draw(st.integers(0, 1 << 64))] = draw(st.integers(-100, len(buf) + 100))
+    if chunk_map and draw(pick([False, False, False, True])):  # outside the buffer, or 64 bits
+        chunk_map[draw(pick(sorted(chunk_map)))] = draw(pick(
+            [-1, len(buf) - 79, len(buf), 1 << 64, -(1 << 70)]))
+    ci_tables = []
+    for blob in range(draw(st.integers(0, nblobs + 1))):
+        kind = draw(pick(["none", "v1", "v2", "v2", "junk"]))
+        if kind == "none":
+            ci_tables.append(None)
+            continue
+        version = draw(pick([1, 2])) if kind == "junk" else int(kind[1])
+        by_index = {r[8]: r for r in recs if r[1] == blob and r[8] < 8}
+        data = b""
+        for c_index in range(max(by_index, default=-1) + 1):
+            r = by_index.get(c_index)
+            c_off, c_size, d_off, d_size = (r[5], r[3], r[6], r[4]) if r else (0, 1, 0, 1)
+            c_size, d_size = max(c_size, 1), max(d_size, 1)
+            if version == 1:
+                data += ci_v1(c_off, c_size, d_off, d_size)
+            else:
+                data += ci_v2(c_off, c_size, d_off, d_size, draw(pick(
+                    [0, 1, 0x10, 0x11, 0, 1, 0x2, 0x4, 0x8, 0x20, 0x80])))
+        if kind == "junk":
+            data = draw(st.binary(max_size=80))
+        count = len(data) // (24 if version == 2 else 16) + draw(pick([0, 0, 0, -1, 1]))
+        ci_tables.append((data, version, count))
+    for _ in range(draw(pick([0, 0, 1, 2]))):  # flip a few bytes
+        if buf:
+            buf[draw(st.integers(0, len(buf) - 1))] = draw(st.integers(0, 255))
+    return bytes(buf), index_off, bs, nblobs, chunk_map, ci_tables, len(idx) // 8, recs
+
+
+@need_c
+@settings(max_examples=1000, deadline=None, database=None)
+@given(case=v6_case(), tail=st.sampled_from([0, 0, 1, 0x800, _CS - 1]), data=st.data(),
+       cs=st.sampled_from([_CS] * 5 + [1, 0x100000, 0]))
+def test_v6_pieces_twins_agree(case, tail, data, cs):
+    buf, index_off, bs, nblobs, chunk_map, ci_tables, n, _recs = case
+    fsize = max(0, n * _CS - tail)
+    offset = data.draw(st.integers(-1, fsize + 1))
+    size = data.draw(st.integers(-1, fsize - offset + 2))
+    args = (buf, index_off, cs, fsize, offset, size, bs, nblobs, chunk_map, ci_tables)
+    assert outcome(_speedups.v6_pieces, *args) == outcome(_chunkmap.v6_pieces, *args)
+
+
+@need_c
+@settings(max_examples=1000, deadline=None, database=None)
+@given(case=v6_case(), data=st.data(), want=st.sampled_from([_CS, _CS, 1, 100, 0, -1]),
+       where=st.sampled_from([-1, 0, 8]))
+def test_v6_chunk_twins_agree(case, data, want, where):
+    buf, _index_off, bs, nblobs, chunk_map, ci_tables, _n, recs = case
+    if recs and data.draw(st.sampled_from([True, True, True, False])):  # one with a record
+        r = data.draw(st.sampled_from(recs))
+        blob, c_index, blkaddr = r[1], r[8], r[6] // (bs or 1)
+    else:
+        blob, c_index = data.draw(st.integers(-2, 4)), data.draw(st.sampled_from(_KEYS + [-1]))
+        blkaddr = data.draw(st.sampled_from(_BLKS + [-1]))
+    args = (buf, blob, c_index, blkaddr, want, where, bs, nblobs, chunk_map, ci_tables)
+    assert outcome(_speedups.v6_chunk, *args) == outcome(_chunkmap.v6_chunk, *args)
+
+
 @need_c
 @settings(max_examples=1500, deadline=None, database=None)
-@given(buf=st.binary(max_size=400), idx_off=st.integers(0, 500),
+@given(buf=st.binary(max_size=400), idx_off=st.integers(-10, 500),
        cs=st.sampled_from([1, 0x1000, 0x100000]), fsize=st.integers(0, 1 << 24),
-       offset=st.integers(0, 1 << 24), size=st.integers(0, 1 << 22))
-def test_v6_twins_agree_on_random_indexes(buf, idx_off, cs, fsize, offset, size):
-    args = (buf, idx_off, cs, fsize, offset, size)
-    assert outcome(_speedups.v6_indexes, *args) == outcome(_chunkmap.v6_indexes, *args)
+       offset=st.integers(0, 1 << 24), size=st.integers(0, 1 << 22),
+       bs=st.sampled_from([0x1000, 1]), nblobs=st.integers(0, 3),
+       chunk_map=st.dictionaries(st.integers(0, 1 << 64), st.integers(-10, 500), max_size=4),
+       ci_tables=st.lists(st.none() | st.tuples(st.binary(max_size=100), st.sampled_from([1, 2]),
+                                               st.integers(0, 6)), max_size=4))
+def test_v6_pieces_twins_agree_on_random_bytes(buf, idx_off, cs, fsize, offset, size, bs, nblobs,
+                                               chunk_map, ci_tables):
+    args = (buf, idx_off, cs, fsize, offset, size, bs, nblobs, chunk_map, ci_tables)
+    assert outcome(_speedups.v6_pieces, *args) == outcome(_chunkmap.v6_pieces, *args)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_v6_pieces_on_a_well_formed_table(impl):
+    cs, bs = 0x1000, 0x1000
+    recs = [struct.pack("<32sIIIIQQQII", bytes([i]) * 32, 0, 0x10 if i == 2 else 1, 50 + i, cs,
+                        1000 * i, cs * i, 0, i, 7 * i) for i in range(3)]
+    idx = b"".join(struct.pack("<HHI", i, 1, i) for i in range(3))
+    idx += struct.pack("<HHI", 0, 0, 0xFFFF_FFFF)  # a hole
+    buf = idx + b"".join(recs)
+    chunk_map = {chunkmap.chunk_key(0, i, i): 32 + 80 * i for i in range(3)}
+    size = 3 * cs + 10
+    pieces = impl.v6_pieces(buf, 0, cs, size, 100, 4 * cs, bs, 1, chunk_map, [None])
+    assert all(type(p) is rafs.ChunkPiece for p in pieces)
+    assert all(type(p.chunk) is rafs.ChunkInfo for p in pieces[:3])
+    assert [(p.chunk and p.chunk[:7], p.offset, p.length) for p in pieces] == [
+        ((0, 0, 1, 0, 50, 0, cs), 100, cs - 100), ((0, 1, 1, 1000, 51, cs, cs), 0, cs),
+        ((0, 2, 0x10, 2000, 52, 2 * cs, cs), 0, cs), (None, 0, 10)]
+    assert pieces[2].chunk.digest == bytes([2]) * 32 and pieces[2].chunk.crc32 == 14
+    # a ci v2 table takes over offsets, sizes and the compressed flag; the crc flag stays
+    ci = b"".join(ci_v2(9000 + i, 60 + i, cs * i, cs, 1 if i else 0) for i in range(3))
+    pieces = impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, chunk_map, [(ci, 2, 3)])
+    assert [p.chunk[:7] for p in pieces] == [(0, 0, 0, 9000, 60, 0, cs), (0, 1, 1, 9001, 61, cs, cs),
+                                             (0, 2, 0x11, 9002, 62, 2 * cs, cs)]
+    with pytest.raises(rafs.UnsupportedImageError, match="ci v2 flags 0x2 on chunk 1"):
+        impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, chunk_map,
+                       [(ci[:24] + ci_v2(9001, 61, cs, cs, 2) + ci[48:], 2, 3)])
+    with pytest.raises(rafs.RafsError, match="no digest in the chunk table"):
+        impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, {}, [(ci, 2, 3)])
+    with pytest.raises(rafs.RafsError, match="no chunk table record and no ci table"):
+        impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, {}, [])
+    assert impl.v6_chunk(buf, 0, 1, 1, cs, -1, bs, 1, chunk_map, [None]) == pieces[1].chunk[:2] + (
+        1, 1000, 51, cs, cs, bytes([1]) * 32, 7)
+
+
+def test_chunk_key():
+    assert chunkmap.chunk_key(1, 2, 3) == 1 << 56 | 2 << 32 | 3
+    assert chunkmap.chunk_key(0xFF, 0xFF_FFFF, 0xFFFF_FFFF) == (1 << 64) - 1
+    assert [chunkmap.chunk_key(*k) for k in ((256, 0, 0), (0, 1 << 24, 0), (0, 0, 1 << 32),
+                                              (-1, 0, 0))] == [None] * 4
 
 
 @need_c
