@@ -16,13 +16,15 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as e:  # no compiler, no headers
-            warnings.warn(f"rafs._speedups not built ({e}); using the pure-Python chunk lookup")
+            warnings.warn(f"rafs._speedups not built ({e}); using the pure-Python chunk lookup",
+                          stacklevel=2)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as e:
-            warnings.warn(f"rafs._speedups not built ({e}); using the pure-Python chunk lookup")
+            warnings.warn(f"rafs._speedups not built ({e}); using the pure-Python chunk lookup",
+                          stacklevel=2)
 
 
 setup(

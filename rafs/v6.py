@@ -7,6 +7,7 @@ offsets and sizes. Chunk lookup itself is `chunkmap.v6_pieces` / `v6_chunk` (C o
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 import struct
@@ -52,6 +53,8 @@ FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED = 0, 2, 4
 CHUNK_FORMAT_INDEXES = 0x20
 MAX_SYMLINK = 4096
 INODE_CACHE_MAX = 65536
+DIRBLOCK_CACHE_MAX = 64  # decoded directory blocks kept (a listing resumes where it stopped)
+DIR_ENDS_CACHE_MAX = 4096  # directories whose per-block entry counts are known
 MAX_DIR_SIZE = 1 << 32
 
 _SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHH")
@@ -95,6 +98,8 @@ class V6Image(Image):
         self._inodes: dict[int, _Ino] = {}
         self._files: dict[int, tuple[int, int]] = {}  # checked regular files: (idx_off, size)
         self._parents: dict[int, int] = {}
+        self._dirblocks: dict[tuple[int, int], list[tuple[bytes, int, int]]] = {}
+        self._dir_ends: dict[int, list[int]] = {}  # nid -> entry position after each block
         self._chunk_map: dict[int, int] | None = None
         self._ci: dict[int, CiTable] = {}
         self._read_super()
@@ -368,7 +373,7 @@ class V6Image(Image):
         lo, hi = 0, self._nblocks(parent)
         while lo < hi:
             mid = (lo + hi) // 2
-            ents = self._dirents(parent, mid)
+            ents = self._dirents_cached(parent, mid)
             if name < ents[0][0]:
                 hi = mid
             elif name > ents[-1][0]:
@@ -380,12 +385,31 @@ class V6Image(Image):
                 return None
         return None
 
+    def _dirents_cached(self, ino: _Ino, k: int) -> list[tuple[bytes, int, int]]:
+        key = (ino.nid, k)
+        ents = self._dirblocks.get(key)
+        if ents is None:
+            ents = self._dirents(ino, k)
+            if len(self._dirblocks) >= DIRBLOCK_CACHE_MAX:
+                self._dirblocks.clear()
+            self._dirblocks[key] = ents
+        return ents
+
     def readdir(self, ino: int, start: int = 0) -> Iterator[tuple[bytes, Inode, int]]:
         parent = self._dir(ino)
-        pos = 0
+        ends = self._dir_ends.get(ino)
+        if ends is None:
+            if len(self._dir_ends) >= DIR_ENDS_CACHE_MAX:
+                self._dir_ends.clear()
+            ends = self._dir_ends[ino] = []
+        # resume at the block holding entry `start` without decoding the blocks before it
+        first = bisect.bisect_right(ends, start) if start > 0 else 0
+        pos = ends[first - 1] if first else 0
         prev = b""
-        for k in range(self._nblocks(parent)):
-            ents = self._dirents(parent, k)
+        for k in range(first, self._nblocks(parent)):
+            ents = self._dirents_cached(parent, k)
+            if len(ends) == k:
+                ends.append(pos + len(ents))
             if pos + len(ents) <= start:
                 pos += len(ents)
                 continue

@@ -163,3 +163,22 @@ def test_v6_blob_carries_ci_table_digests_and_toc(tmp_path):
     chunks = {c.chunk_index: c.digest for _p, i in walk(image) if i.is_reg
               for c in image.file_chunks(i.ino)}
     assert {k: digests[32 * k:32 * k + 32] for k in chunks} == chunks
+
+
+@pytest.mark.parametrize("version", ["5", "6"])
+def test_readdir_resumes_at_any_position_of_a_many_block_directory(tmp_path, version):
+    """The kernel lists a big directory in many calls, each resuming at the last position it took."""
+    src = tmp_path / "src"
+    (src / "big").mkdir(parents=True)
+    for i in range(3000):  # ~30 directory blocks in v6
+        (src / "big" / f"entry-with-a-longish-name-{i:05d}").touch()
+    assert build(src, tmp_path / "img", "--fs-version", version).returncode == 0
+    image = rafs.open_image(tmp_path / "img/bootstrap")
+    big = image.lookup(image.root_ino, b"big")
+    full = [(name, inode.ino, pos) for name, inode, pos in image.readdir(big.ino)]
+    assert sorted(n for n, _, _ in full) == sorted(p.name.encode() for p in (src / "big").iterdir())
+    for i in [*range(0, 40), *range(40, len(full), 97), len(full) - 1]:
+        resumed = [(name, inode.ino, pos) for name, inode, pos in image.readdir(big.ino, full[i][2])]
+        assert resumed == full[i + 1:], i
+    # resuming backwards (a rewound directory stream) after the positions are known
+    assert [n for n, _, _ in image.readdir(big.ino, full[5][2])][:3] == [n for n, _, _ in full[6:9]]

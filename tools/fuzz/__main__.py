@@ -1,4 +1,4 @@
-"""Fuzz the RAFS readers: `python -m tools.fuzz [--runs N | --seconds S] [--jobs J]`.
+"""Fuzz the RAFS readers: `python -m tools.fuzz [--runs N | --seconds S]`.
 
 Atheris (libFuzzer) mutates bootstraps seeded from the real upstream images in
 ../shared/fixtures/nydus and from images our builder writes, opens each with rafs.open_bytes and
