@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 MAX_MERGE_GAP = 0  # only strictly adjacent compressed ranges are merged
 
 
+MEM_ENTRY_OVERHEAD = 240  # bytes object, key tuple and the LRU's dict and order entries
+
+
+def _mem_size(data: bytes) -> int:
+    """What a chunk costs the memory LRU: tiny chunks are mostly bookkeeping."""
+    return len(data) + MEM_ENTRY_OVERHEAD
+
+
 class _Flight:
     __slots__ = ("event", "data", "error")
 
@@ -68,7 +76,8 @@ class Fetcher:
         self.digest_validate = digest_validate
         self.verify_fetched = digest_validate or backend.kind != "localfs"
         self.data_retries = max(int(getattr(backend, "retries", 0) or 0), 1)
-        self.mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, 1), getsizeof=len)
+        self.mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, 1),
+                                                            getsizeof=_mem_size)
         self.lock = threading.Lock()
         self.flights: dict[tuple[int, int], _Flight] = {}
         self.prepare_index = prepare_index  # loads what chunk_by_index needs, on first widening
@@ -104,7 +113,7 @@ class Fetcher:
 
     def _remember(self, key: tuple[int, int], data: bytes) -> None:
         """Keep a chunk in the memory LRU (caller holds the lock); chunks larger than it are not."""
-        if len(data) <= self.mem.maxsize:
+        if _mem_size(data) <= self.mem.maxsize:
             self.mem[key] = data
 
     def _present(self, c: ChunkInfo) -> bool:

@@ -43,7 +43,7 @@ class StorageOptions:
     prefetch_bandwidth_rate: int = 0  # bytes/s, 0 = unlimited
     prefetch_all: bool = True
     prefetch_files: list[str] = field(default_factory=list)  # absolute paths inside the image
-    memory_cache_bytes: int = 32 << 20  # in-memory LRU of hot decompressed chunks
+    memory_cache_bytes: int = 16 << 20  # in-memory LRU of hot decompressed chunks
     durable_cache: bool = False  # fdatasync chunk data before marking it ready
 
 

@@ -248,7 +248,7 @@ def test_32_readers_over_a_slow_server(tmp_path):
         assert hung == 0, f"{hung} readers hung"
         assert not errors, errors[:5]
         assert counts["files"] and counts["random"] and counts["walks"]
-        # memory: the 32 MiB chunk LRU plus in-flight reads; never the whole image (it is larger)
+        # memory: the 16 MiB chunk LRU plus in-flight reads; never the whole image (it is larger)
         assert peak - base_rss < 128 << 20, (base_rss, peak)
         d.assert_clean_log()
     finally:
