@@ -133,12 +133,15 @@ class Fetcher:
                 return True
         return self.cache is not None and self.cache.is_ready(c)
 
-    def get_chunks(self, chunks: Sequence[ChunkInfo], max_request: int,
-                   amplify: int = 0) -> dict[tuple[int, int], bytes]:
+    def get_chunks(self, chunks: Sequence[ChunkInfo], max_request: int, amplify: int = 0,
+                   follow: Callable[[], Sequence[ChunkInfo]] | None = None,
+                   ) -> dict[tuple[int, int], bytes]:
         """Data of every chunk, keyed by (blob_index, compressed_offset).
 
         Missing chunks are fetched in merged runs of at most `max_request` bytes; with `amplify`
-        > 0 each run is also widened to the following chunks of its blob, up to `amplify` bytes."""
+        > 0 a sequential miss is also widened, up to `amplify` bytes: to `follow()` (the chunks
+        that come next in the file being read) when given, else to the following chunks of the
+        blob."""
         out: dict[tuple[int, int], bytes] = {}
         missing = []
         for c in chunks:
@@ -151,7 +154,7 @@ class Fetcher:
             else:
                 out[key] = data
         if missing:
-            self._fetch_missing(missing, max_request, amplify, out)
+            self._fetch_missing(missing, max_request, amplify, out, follow)
         return out
 
     def _sequential(self, missing: list[ChunkInfo]) -> bool:
@@ -160,13 +163,28 @@ class Fetcher:
             return any(self.last_fetched.get(c.blob_index, -2) + 1 == c.chunk_index
                        for c in missing)
 
-    def _neighbours(self, missing: list[ChunkInfo], limit: int) -> list[ChunkInfo]:
+    def _neighbours(self, missing: list[ChunkInfo], limit: int,
+                    follow: Callable[[], Sequence[ChunkInfo]] | None = None) -> list[ChunkInfo]:
         """Chunks that follow the missing ones in their blob, not yet cached, up to `limit` bytes
         per run: a reader going through the blob in order also gets what it reads next
         (nydusd's amplify_io). Only done once the misses are sequential, so that scattered
         small reads fetch no more than they need."""
+        if limit <= 0 or not self._sequential(missing):
+            return []
+        if follow is not None:  # inside one file: its own next chunks, never the next files'
+            extra, have, size = [], {self._key(c) for c in missing}, 0
+            for n in follow():
+                key = self._key(n)
+                if key in have or self._present(n):
+                    continue
+                size += n.compressed_size
+                if size > limit:
+                    break
+                extra.append(n)
+                have.add(key)
+            return extra
         by_index = getattr(self.image, "chunk_by_index", None)
-        if by_index is None or limit <= 0 or not self._sequential(missing):
+        if by_index is None:
             return []
         if self.prepare_index is not None:
             prepare, self.prepare_index = self.prepare_index, None
@@ -187,10 +205,10 @@ class Fetcher:
         return extra
 
     def _fetch_missing(self, missing: list[ChunkInfo], max_request: int, amplify: int,
-                       out: dict) -> None:
+                       out: dict, follow: Callable[[], Sequence[ChunkInfo]] | None = None) -> None:
         wanted = {self._key(c) for c in missing}
         try:
-            missing = missing + self._neighbours(missing, amplify)
+            missing = missing + self._neighbours(missing, amplify, follow)
         except Exception as e:  # widening is an optimisation: never let it fail a read
             log.debug("not widening the read: %s", e)
         mine, theirs = [], []

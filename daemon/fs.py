@@ -174,9 +174,10 @@ class RafsOperations(pyfuse3.Operations):
         if not pieces:
             return b""
         if self.store.can_read_now(pieces):
-            data = self.store.read(pieces)
+            data = self.store.read(pieces, ino, off)
         else:
-            data = await trio.to_thread.run_sync(self.store.read, pieces, limiter=self.limiter)
+            data = await trio.to_thread.run_sync(self.store.read, pieces, ino, off,
+                                                 limiter=self.limiter)
         self.data_read += len(data)
         return data
 

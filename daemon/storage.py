@@ -98,10 +98,23 @@ class BlobStore:
             self.image.attach_ci_table(blob.index, table)
         self.ci_loaded = True
 
-    def read(self, pieces: Sequence[rafs.ChunkPiece]) -> bytes:
-        """The bytes of `pieces` concatenated (holes as zeros); raises StorageError on failure."""
+    def read(self, pieces: Sequence[rafs.ChunkPiece], ino: int | None = None,
+             offset: int = 0) -> bytes:
+        """The bytes of `pieces` concatenated (holes as zeros); raises StorageError on failure.
+
+        `ino` and `offset` say which file the pieces were cut from and where: a read that goes on
+        inside a file is then widened (amplify_io) only to that file's next chunks, so reading a
+        few files whole does not pull in their neighbours; a read from a file's start may be
+        widened along the blob (a reader going through the tree in order)."""
         chunks = [p.chunk for p in pieces if p.chunk is not None]
-        got = self.fetcher.get_chunks(chunks, MERGE_LIMIT, self.options.amplify_io) if chunks else {}
+        amplify = self.options.amplify_io
+        follow = None
+        if ino is not None and offset > 0 and amplify > 0:
+            end = offset + sum(p.length for p in pieces)
+
+            def follow() -> list[rafs.ChunkInfo]:
+                return [p.chunk for p in self.image.chunks(ino, end, amplify) if p.chunk]
+        got = self.fetcher.get_chunks(chunks, MERGE_LIMIT, amplify, follow) if chunks else {}
         out = []
         for p in pieces:
             if p.chunk is None:

@@ -314,6 +314,39 @@ def test_scattered_small_reads_are_not_widened(sample_images, version):
         server.stop()
 
 
+@pytest.mark.parametrize("version", ["5", "6"])
+def test_reading_on_inside_a_file_widens_only_to_that_file(tmp_path, version):
+    """A sequential miss inside a file fetches the file's next chunks with it, never the files
+    after it in the blob: reading a few files whole costs what they hold (compressed)."""
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    content = {name: os.urandom(n * 65536) for name, n in (("a", 4), ("b", 1), ("c", 1))}
+    for name, data in content.items():
+        (src / name).write_bytes(data)
+    tool = __import__("sys").executable.rsplit("/", 1)[0] + "/pynydus-image"
+    subprocess.run([tool, "create", "--fs-version", version, "--chunk-size", "0x10000",
+                    "--blob-dir", str(tmp_path / "blobs"), "--bootstrap", str(tmp_path / "boot"),
+                    str(src)], check=True, capture_output=True)
+    server = BlobServerProc(tmp_path / "blobs")
+    try:
+        image = rafs.open_image(tmp_path / "boot")
+        store = BlobStore(image, StorageOptions(
+            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
+            cache_type="", amplify_io=1 << 20))
+        a = image.lookup(image.root_ino, b"a")
+        got = b"".join(store.read(image.chunks(a.ino, off, 65536), a.ino, off)
+                       for off in range(0, a.size, 65536))
+        assert got == content["a"]
+        stats = store.backend.stats
+        # chunk 0 alone (nothing before it was read), then chunks 1-3 in one widened request
+        assert stats["read_count"] == 2
+        assert stats["read_amount_total"] == sum(c.compressed_size for c in image.file_chunks(a.ino))
+    finally:
+        server.stop()
+
+
 def test_rejected_bearer_token_is_refreshed_on_401(v5, tmp_path):
     from tests.servers import TokenIssuer
 
