@@ -92,6 +92,7 @@ class Fetcher:
         self.flights: dict[tuple[int, int], _Flight] = {}
         self.prepare_index = prepare_index  # loads what chunk_by_index needs, on first widening
         self.last_fetched: dict[int, int] = {}  # blob index -> last chunk index fetched
+        self.streak: dict[int, int] = {}  # blob index -> sequential misses in a row
         self.stats = {"mem_hits": 0, "disk_hits": 0, "misses": 0, "requests": 0,
                       "bytes_fetched": 0, "errors": 0, "bad_data": 0}
 
@@ -157,20 +158,31 @@ class Fetcher:
             self._fetch_missing(missing, max_request, amplify, out, follow)
         return out
 
-    def _sequential(self, missing: list[ChunkInfo]) -> bool:
-        """Whether this miss continues the previous one in its blob (a sequential reader)."""
+    def _sequential(self, missing: list[ChunkInfo]) -> int:
+        """How many misses in a row, this one included, continued the previous one in their blob
+        (a sequential reader); 0 when this one does not."""
         with self.lock:
-            return any(self.last_fetched.get(c.blob_index, -2) + 1 == c.chunk_index
-                       for c in missing)
+            for c in missing:
+                if self.last_fetched.get(c.blob_index, -2) + 1 == c.chunk_index:
+                    n = self.streak[c.blob_index] = self.streak.get(c.blob_index, 0) + 1
+                    return n
+            for c in missing:
+                self.streak[c.blob_index] = 0
+            return 0
 
     def _neighbours(self, missing: list[ChunkInfo], limit: int,
                     follow: Callable[[], Sequence[ChunkInfo]] | None = None) -> list[ChunkInfo]:
         """Chunks that follow the missing ones in their blob, not yet cached, up to `limit` bytes
         per run: a reader going through the blob in order also gets what it reads next
-        (nydusd's amplify_io). Only done once the misses are sequential, so that scattered
-        small reads fetch no more than they need."""
-        if limit <= 0 or not self._sequential(missing):
+        (nydusd's amplify_io). Only done once the misses are sequential, and ramped up like the
+        kernel's readahead: 4x the miss, then twice that at each further sequential miss, up to
+        `limit`. Scattered reads, and two files that happen to be neighbours, fetch little more
+        than they read."""
+        streak = self._sequential(missing) if limit > 0 else 0
+        if not streak:
             return []
+        need = sum(c.compressed_size for c in missing)
+        limit = min(limit, need << min(streak + 1, 40))
         if follow is not None:  # inside one file: its own next chunks, never the next files'
             extra, have, size = [], {self._key(c) for c in missing}, 0
             for n in follow():

@@ -315,6 +315,32 @@ def test_scattered_small_reads_are_not_widened(sample_images, version):
 
 
 @pytest.mark.parametrize("version", ["5", "6"])
+def test_widening_ramps_up_like_readahead(sample_images, version):
+    """Two files that happen to be neighbours in the blob (a random sample hits such pairs) pull
+    in only a few more chunks; a reader going on through the blob gets ever wider requests."""
+    server = BlobServerProc(sample_images / version / "blobs")
+    try:
+        image = rafs.open_image(sample_images / version / "bootstrap")
+        store = BlobStore(image, StorageOptions(
+            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
+            cache_type="", amplify_io=1 << 20))
+        paths = dict(walk(image))
+        names = sorted(p for p in paths if p.startswith(b"/many/file-"))
+        chunks = {n: image.file_chunks(paths[n].ino)[0] for n in names}
+        for n in names[:2]:
+            store.read(image.chunks(paths[n].ino, 0, 16))
+        fetched = store.fetcher.stats  # chunk data only (v6 also reads the blob's ci table)
+        pair = chunks[names[0]].compressed_size + chunks[names[1]].compressed_size
+        assert fetched["bytes_fetched"] <= pair + 4 * chunks[names[1]].compressed_size + 16
+        for n in names[2:]:
+            assert store.read(image.chunks(paths[n].ino, 0, 16)) == b"%d\n" % int(n[-4:])
+        # doubling windows: a handful of requests for the whole directory, not one per file
+        assert fetched["requests"] <= 12 < len(names) // 4
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("version", ["5", "6"])
 def test_reading_on_inside_a_file_widens_only_to_that_file(tmp_path, version):
     """A sequential miss inside a file fetches the file's next chunks with it, never the files
     after it in the blob: reading a few files whole costs what they hold (compressed)."""
