@@ -11,6 +11,7 @@ import bisect
 import os
 import stat
 import struct
+from array import array
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -101,6 +102,7 @@ class V6Image(Image):
         self._dirblocks: dict[tuple[int, int], list[tuple[bytes, int, int]]] = {}
         self._dir_ends: dict[int, list[int]] = {}  # nid -> entry position after each block
         self._chunk_map: dict[int, int] | None = None
+        self._chunk_keys: array | None = None  # the chunk map's keys, sorted (by blob, index)
         self._ci: dict[int, CiTable] = {}
         self._read_super()
         self._read_ext_super()
@@ -487,16 +489,35 @@ class V6Image(Image):
     def has_ci_table(self, blob_index: int) -> bool:
         return blob_index in self._ci
 
+    @property
+    def chunk_table_size(self) -> int:
+        """Bytes of the bootstrap's chunk table (0: chunks are known only from ci tables)."""
+        return self._chunk_table[1]
+
     def chunk_by_index(self, blob_index: int, chunk_index: int) -> ChunkInfo | None:
-        """Chunk `chunk_index` of a blob whose ci table is attached (None otherwise, past the end,
-        or when no chunk index could name it); the storage layer uses it to widen small reads to
-        neighbouring chunks."""
+        """Chunk `chunk_index` of a blob, from its ci table when one is attached, else from the
+        bootstrap's chunk table (None past the end, or when no record names it); the storage
+        layer uses it to widen small reads to neighbouring chunks."""
         table = self._ci.get(blob_index)
-        if table is None or not 0 <= chunk_index < table.count:
-            return None
-        _c_off, _c_size, d_off, d_size, _flags = chunkmap.ci_entry(table.data, table.version,
-                                                                   table.count, chunk_index)
-        blkaddr = d_off // self.block_size
+        if table is not None:
+            if not 0 <= chunk_index < table.count:
+                return None
+            _c_off, _c_size, d_off, d_size, _flags = chunkmap.ci_entry(
+                table.data, table.version, table.count, chunk_index)
+            blkaddr = d_off // self.block_size
+        else:
+            prefix = chunkmap.chunk_key(blob_index, chunk_index, 0)
+            if prefix is None or not 0 <= blob_index < len(self.blobs):
+                return None
+            m = self._chunk_map_get()
+            if self._chunk_keys is None:
+                self._chunk_keys = array("Q", m)  # the map is filled in key order
+            keys = self._chunk_keys
+            i = bisect.bisect_left(keys, prefix)
+            if i == len(keys) or keys[i] >> 32 != prefix >> 32:
+                return None
+            blkaddr = keys[i] & 0xFFFFFFFF
+            d_size = self.buf.unpack(_CHUNK_REC, m[keys[i]], "chunk table")[4]
         if chunkmap.chunk_key(blob_index, chunk_index, blkaddr) is None:
             return None
         return chunkmap.v6_chunk(self.buf.data, blob_index, chunk_index, blkaddr, d_size, -1,

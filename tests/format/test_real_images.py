@@ -114,6 +114,12 @@ def test_v6_chunk_table_and_ci_table_agree(nydus_fixtures):
     for _p, inode in walk(plain):
         if inode.is_reg:
             assert plain.file_chunks(inode.ino) == with_ci.file_chunks(inode.ino)
+    # neighbours by chunk index (read widening) need no ci table: the chunk table names them too
+    count = with_ci.blobs[0].chunk_count
+    assert count > 1
+    for i in [-1, *range(count + 2)]:
+        assert plain.chunk_by_index(0, i) == with_ci.chunk_by_index(0, i), i
+    assert plain.chunk_by_index(0, count) is None and plain.chunk_by_index(1, 0) is None
     blobs.close()
 
 
