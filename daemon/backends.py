@@ -35,6 +35,9 @@ def check_blob_id(blob_id: str) -> str:
     return blob_id
 
 
+MAX_BLOB_END = 1 << 62  # past this no offset is real (and os.pread would overflow)
+
+
 class Backend:
     """Reads exact byte ranges of blobs. Thread-safe."""
 
@@ -50,6 +53,8 @@ class Backend:
         check_blob_id(blob_id)
         start = time.monotonic()
         try:
+            if offset < 0 or size < 0 or offset + size > MAX_BLOB_END:
+                raise BackendError(f"range {offset}+{size} lies outside any blob")
             data = self._read(blob_id, offset, size)
         except BackendError:
             with self.lock:

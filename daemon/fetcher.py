@@ -240,7 +240,14 @@ class Fetcher:
             self.last_fetched.update(last)  # where each blob's reader is now
         try:
             for run in merge_ranges(mine, max(max_request, amplify)):
-                self._fetch_run(run, out)
+                if any(self._key(c) in wanted for c in run):
+                    self._fetch_run(run, out)
+                    continue
+                try:  # only neighbours: widening is an optimisation, never a reason to fail
+                    self._fetch_run(run, out)
+                except Exception as e:
+                    log.debug("not prefetching neighbour chunks %d-%d of blob %d: %s",
+                              run[0].chunk_index, run[-1].chunk_index, run[0].blob_index, e)
         finally:
             self._abort_unfinished(mine)
         for key, flight in theirs:
