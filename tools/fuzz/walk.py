@@ -33,7 +33,12 @@ def exercise(image: rafs.Image, max_visits: int = MAX_VISITS) -> int:
             elif inode.is_symlink:
                 image.readlink(inode.ino)
             elif inode.is_reg:
-                image.chunks(inode.ino, 0, inode.size)
+                pieces = image.chunks(inode.ino, 0, inode.size)
                 image.chunks(inode.ino, inode.size // 2, 1 << 20)
+                by_index = getattr(image, "chunk_by_index", None)  # read widening's neighbours
+                if by_index is not None:
+                    for p in pieces[:2]:
+                        if p.chunk is not None:
+                            by_index(p.chunk.blob_index, p.chunk.chunk_index + 1)
         image.lookup(ino, b"no-such-name")
     return visits
