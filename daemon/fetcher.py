@@ -175,14 +175,14 @@ class Fetcher:
         """Chunks that follow the missing ones in their blob, not yet cached, up to `limit` bytes
         per run: a reader going through the blob in order also gets what it reads next
         (nydusd's amplify_io). Only done once the misses are sequential, and ramped up like the
-        kernel's readahead: 4x the miss, then twice that at each further sequential miss, up to
+        kernel's readahead: 4x the miss, then 4 times more at each further sequential miss, up to
         `limit`. Scattered reads, and two files that happen to be neighbours, fetch little more
         than they read."""
         streak = self._sequential(missing) if limit > 0 else 0
         if not streak:
             return []
         need = sum(c.compressed_size for c in missing)
-        limit = min(limit, need << min(streak + 1, 40))
+        limit = min(limit, need << min(2 * streak, 40))
         if follow is not None:  # inside one file: its own next chunks, never the next files'
             extra, have, size = [], {self._key(c) for c in missing}, 0
             for n in follow():
