@@ -466,6 +466,7 @@ def run_tool(tool: Tool, corpus: Path, mnt: Path, truth: dict, files: dict) -> d
             m = tool.metrics()
             r["bytes fetched ÷ bytes read, full read"] = m["bytes_fetched"] / truth["bytes"]
             r["requests, full read"] = m["requests"]
+            r["chunk cache hits, full reads (cold + warm)"] = m["cache_hits"]
         rss = tool.peak_rss()
         if rss is not None:
             r["daemon peak RSS (MiB)"] = rss / (1 << 20)

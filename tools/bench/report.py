@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-HIGHER_IS_BETTER = ("MB/s", "reads/s")
+HIGHER_IS_BETTER = ("MB/s", "reads/s", "cache hits")
 PEERS = ("squashfuse_ll", "ratarmount")
 
 
