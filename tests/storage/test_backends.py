@@ -37,6 +37,12 @@ def _local_digests(boot, blob_dir, tmp_path):
     return _all_files(image, store)
 
 
+def http_store(image: rafs.Image, server: BlobServerProc, **options) -> BlobStore:
+    """A BlobStore reading `image`'s blobs from a blob server on 127.0.0.1."""
+    return BlobStore(image, StorageOptions(
+        "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"}, **options))
+
+
 def test_blob_server_protocol(v5):
     _boot, blob_dir, blob = v5
     data = blob.read_bytes()
@@ -288,9 +294,7 @@ def test_amplify_io_widens_sequential_reads(sample_images, version, amplify, ext
     server = BlobServerProc(sample_images / version / "blobs")
     try:
         image = rafs.open_image(sample_images / version / "bootstrap")
-        store = BlobStore(image, StorageOptions(
-            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
-            cache_type="", amplify_io=amplify))
+        store = http_store(image, server, cache_type="", amplify_io=amplify)
         paths = dict(walk(image))
         # /many/file-0000, -0001 and -0002 are neighbours in the blob: once the reader went
         # from the first to the second, the third comes with it
@@ -310,9 +314,7 @@ def test_scattered_small_reads_are_not_widened(sample_images, version):
     server = BlobServerProc(sample_images / version / "blobs")
     try:
         image = rafs.open_image(sample_images / version / "bootstrap")
-        store = BlobStore(image, StorageOptions(
-            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
-            cache_type="", amplify_io=1 << 20))
+        store = http_store(image, server, cache_type="", amplify_io=1 << 20)
         paths = dict(walk(image))
         want = 0
         for n in (0, 5, 10, 15, 3):
@@ -331,9 +333,7 @@ def test_widening_ramps_up_like_readahead(sample_images, version):
     server = BlobServerProc(sample_images / version / "blobs")
     try:
         image = rafs.open_image(sample_images / version / "bootstrap")
-        store = BlobStore(image, StorageOptions(
-            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
-            cache_type="", amplify_io=1 << 20))
+        store = http_store(image, server, cache_type="", amplify_io=1 << 20)
         paths = dict(walk(image))
         names = sorted(p for p in paths if p.startswith(b"/many/file-"))
         chunks = {n: image.file_chunks(paths[n].ino)[0] for n in names}
@@ -370,9 +370,7 @@ def test_reading_on_inside_a_file_widens_only_to_that_file(tmp_path, version):
     server = BlobServerProc(tmp_path / "blobs")
     try:
         image = rafs.open_image(tmp_path / "boot")
-        store = BlobStore(image, StorageOptions(
-            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
-            cache_type="", amplify_io=1 << 20))
+        store = http_store(image, server, cache_type="", amplify_io=1 << 20)
         a = image.lookup(image.root_ino, b"a")
         got = b"".join(store.read(image.chunks(a.ino, off, 65536), a.ino, off)
                        for off in range(0, a.size, 65536))
