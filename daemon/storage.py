@@ -118,9 +118,8 @@ class BlobStore:
         amplify = self.options.amplify_io
         follow = None
         if ino is not None and offset > 0 and amplify > 0:
-            end = offset + sum(p.length for p in pieces)
-
-            def follow() -> list[rafs.ChunkInfo]:
+            def follow() -> list[rafs.ChunkInfo]:  # called only when a miss is widened
+                end = offset + sum(p.length for p in pieces)
                 return [p.chunk for p in self.image.chunks(ino, end, amplify) if p.chunk]
         got = self.fetcher.get_chunks(chunks, MERGE_LIMIT, amplify, follow) if chunks else {}
         out = []
