@@ -18,15 +18,13 @@ from collections.abc import Callable, Sequence
 import cachetools
 
 from rafs import ChunkDataError, ChunkInfo, Image, codecs
+from rafs.chunkmap import merge_runs
 
 from .backends import Backend
 from .chunkcache import ChunkCache
 from .storage_errors import BackendError, StorageError
 
 log = logging.getLogger(__name__)
-
-MAX_MERGE_GAP = 0  # only strictly adjacent compressed ranges are merged
-
 
 MEM_ENTRY_OVERHEAD = 240  # bytes object, key tuple and the LRU's dict and order entries
 
@@ -53,25 +51,6 @@ class _Flight:
 
     def finish(self) -> None:
         self.done.release()
-
-
-def merge_ranges(chunks: Sequence[ChunkInfo], max_size: int) -> list[list[ChunkInfo]]:
-    """Group chunks (any order) into runs of one blob with adjacent compressed ranges <= max_size."""
-    runs: list[list[ChunkInfo]] = []
-    ordered = sorted(chunks, key=lambda c: (c.blob_index, c.compressed_offset))
-    for c in ordered:
-        if runs:
-            run = runs[-1]
-            last, first = run[-1], run[0]
-            end = last.compressed_offset + last.compressed_size
-            if (c.blob_index == last.blob_index and 0 <= c.compressed_offset - end <= MAX_MERGE_GAP
-                    and c.compressed_offset + c.compressed_size - first.compressed_offset <= max_size):
-                run.append(c)
-                continue
-            if c.blob_index == last.blob_index and c.compressed_offset == last.compressed_offset:
-                continue  # the same chunk twice
-        runs.append([c])
-    return runs
 
 
 class Fetcher:
@@ -239,7 +218,7 @@ class Fetcher:
         with self.lock:
             self.last_fetched.update(last)  # where each blob's reader is now
         try:
-            for run in merge_ranges(mine, max(max_request, amplify)):
+            for run in merge_runs(mine, max(max_request, amplify)):
                 if any(self._key(c) in wanted for c in run):
                     self._fetch_run(run, out)
                     continue

@@ -12,8 +12,9 @@ import time
 from collections.abc import Iterator
 
 from rafs import ChunkInfo, Image, RafsError
+from rafs.chunkmap import merge_runs
 
-from .fetcher import Fetcher, merge_ranges
+from .fetcher import Fetcher
 from .storage_errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Prefetcher:
         current = 0
         for stage, ino in self._files():
             if stage != current and batch:  # never let later stages overtake earlier ones
-                yield from merge_ranges(batch, self.options.prefetch_merging_size)
+                yield from merge_runs(batch, self.options.prefetch_merging_size)
                 batch = []
             current = stage
             for c in self.image.file_chunks(ino):
@@ -121,10 +122,10 @@ class Prefetcher:
                     self.total += 1
                 batch.append(c)
             if len(batch) >= 64:
-                yield from merge_ranges(batch, self.options.prefetch_merging_size)
+                yield from merge_runs(batch, self.options.prefetch_merging_size)
                 batch = []
         if batch:
-            yield from merge_ranges(batch, self.options.prefetch_merging_size)
+            yield from merge_runs(batch, self.options.prefetch_merging_size)
 
     def _next(self) -> list[ChunkInfo] | None:
         with self.lock:

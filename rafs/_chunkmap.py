@@ -5,7 +5,8 @@ v5_pieces cuts a byte range of a v5 file into pieces of its 80-byte chunk record
 the same for a v6 file from its 8-byte chunk indexes, resolving each index with v6_chunk: the
 bootstrap's chunk table record (found through a chunk map keyed by `chunk_key`) gives the digest
 and crc, the blob's ci table (when attached) the offsets, sizes and compression flag. ci_entry
-decodes one ci table entry.
+decodes one ci table entry. merge_runs groups the chunks a read must fetch into runs that one
+range request each can fetch.
 """
 
 from __future__ import annotations
@@ -178,3 +179,26 @@ def ci_flags(flags: int, version: int, index: int) -> int:
         raise RafsError("unknown ci v2 chunk flags", structure="blob meta", field="flags",
                         value=hex(flags))
     return CHUNK_COMPRESSED if flags & _CI_V2_COMPRESSED else 0
+
+
+def merge_runs(chunks: Sequence[ChunkInfo], max_size: int) -> list[list[ChunkInfo]]:
+    """Group chunks (any order) into runs of one blob whose compressed ranges are adjacent, each
+    run spanning at most max_size bytes (a single larger chunk is a run of its own); sorted by
+    (blob, compressed offset), the same chunk listed twice is fetched once."""
+    runs: list[list[ChunkInfo]] = []
+    run: list[ChunkInfo] = []
+    start = end = -1
+    blob = -1
+    for c in sorted(chunks, key=lambda c: (c.blob_index, c.compressed_offset)):
+        c_off = c.compressed_offset
+        if run and c.blob_index == blob:
+            if c_off == end and c_off + c.compressed_size - start <= max_size:
+                run.append(c)
+                end = c_off + c.compressed_size
+                continue
+            if c_off == run[-1].compressed_offset:
+                continue  # the same chunk twice
+        run = [c]
+        runs.append(run)
+        blob, start, end = c.blob_index, c_off, c_off + c.compressed_size
+    return runs

@@ -9,7 +9,7 @@
  * Every offset and count read from an image, and every position taken from the chunk map, is
  * bounds-checked before use. The module keeps no state: rafs.model's result classes are looked up
  * in sys.modules once per call, the error classes only when raising. Speed comes from building
- * the results directly (tp_alloc of the NamedTuple classes, the chunk-size int shared by every
+ * the results directly (untracked instances of the NamedTuple classes, the chunk-size int shared by every
  * full-size length, a list preallocated to its final size) and, for v6, from looking up a batch
  * of records ahead and prefetching them: the chunk table is sorted by digest, so the records of
  * one read are scattered and would each cost a cache miss.
@@ -153,6 +153,14 @@ typedef struct {
     Py_ssize_t filled;
 } Out;
 
+/* a subclass of tuple laid out exactly as tuple (no __dict__, __weakref__ or slots), which
+ * make_tuple can allocate */
+static int plain_tuple_type(PyTypeObject *t) {
+    return PyType_Check(t) && PyType_IsSubtype(t, &PyTuple_Type) && t->tp_basicsize == PyTuple_Type.tp_basicsize &&
+           t->tp_itemsize == PyTuple_Type.tp_itemsize && t->tp_dictoffset == 0 && t->tp_weaklistoffset == 0 &&
+           PyType_HasFeature(t, Py_TPFLAGS_HAVE_GC);
+}
+
 /* expect: the number of pieces the call makes unless it fails; -1: no list */
 static int out_open(Out *o, long long cs, long long expect) {
     o->cs_val = cs;
@@ -166,9 +174,9 @@ static int out_open(Out *o, long long cs, long long expect) {
     o->piece = o->info ? (PyTypeObject *)PyObject_GetAttrString(model, "ChunkPiece") : NULL;
     Py_DECREF(model);
     if (!o->piece || !(o->cs = PyLong_FromLongLong(cs))) return -1;
-    if (!PyType_Check(o->info) || !PyType_IsSubtype(o->info, &PyTuple_Type) ||
-        !PyType_Check(o->piece) || !PyType_IsSubtype(o->piece, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "rafs.model.ChunkInfo and ChunkPiece must be tuple types");
+    if (!plain_tuple_type(o->info) || !plain_tuple_type(o->piece)) {
+        PyErr_SetString(PyExc_TypeError, "rafs.model.ChunkInfo and ChunkPiece must be tuple types "
+                                         "with no slots of their own (NamedTuples)");
         return -1;
     }
     if (expect >= 0) o->list = PyList_New((Py_ssize_t)expect);
@@ -201,12 +209,17 @@ static inline PyObject *unum(uint64_t v) {
     return v <= (uint64_t)LLONG_MAX ? PyLong_FromLongLong((long long)v) : PyLong_FromUnsignedLongLong(v);
 }
 
-/* an instance of NamedTuple class `t` holding `items` (stolen, any may be NULL after an error) */
+/* an instance of NamedTuple class `t` holding `items` (stolen, any may be NULL after an error).
+ * It is left untracked by the cycle collector, as CPython does with plain tuples that hold only
+ * atomic objects: the items are ints, bytes, None and untracked ChunkInfos, so it can be in no
+ * cycle. (CPython untracks exact tuples only; NamedTuple instances would stay tracked and make every
+ * collection walk them.) Allocated without tp_alloc's zeroing and tracking: every item is set
+ * before the object is returned. */
 static PyObject *make_tuple(PyTypeObject *t, PyObject **items, Py_ssize_t n) {
     PyObject *obj = NULL;
     for (Py_ssize_t i = 0; i < n; i++)
         if (!items[i]) goto fail;
-    if (!(obj = t->tp_alloc(t, n))) goto fail;
+    if (!(obj = (PyObject *)PyObject_GC_NewVar(PyVarObject, t, n))) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(obj, i, items[i]);
     return obj;
 fail:
@@ -642,6 +655,100 @@ static PyObject *v6_chunk(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return res;
 }
 
+/* -- fetch runs ----------------------------------------------------------------------------------- */
+
+/* One chunk being merged: blob_index, compressed offset and size (ChunkInfo fields 0, 3 and 4),
+ * its position in the input (sorting ties keep input order, like Python's stable sort) and the
+ * ChunkInfo itself (borrowed from the input sequence). */
+typedef struct {
+    uint64_t blob, off, size;
+    Py_ssize_t pos;
+    PyObject *obj;
+} Span;
+
+#define SPAN_STACK 64
+
+static int span_cmp(const void *a, const void *b) {
+    const Span *x = a, *y = b;
+    if (x->blob != y->blob) return x->blob < y->blob ? -1 : 1;
+    if (x->off != y->off) return x->off < y->off ? -1 : 1;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* a ChunkInfo field as an unsigned 64-bit value (the parsers make no others) */
+static int span_field(PyObject *chunk, Py_ssize_t i, uint64_t *out) {
+    PyObject *v = PyTuple_GET_ITEM(chunk, i);
+    if (!PyLong_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "merge_runs: ChunkInfo fields must be ints");
+        return -1;
+    }
+    *out = PyLong_AsUnsignedLongLong(v);
+    return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *merge_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (check_nargs("merge_runs", nargs, 2) < 0) return NULL;
+    long long max_size = PyLong_AsLongLong(args[1]);
+    if (max_size == -1 && PyErr_Occurred()) return NULL;
+    PyObject *seq = PySequence_Fast(args[0], "merge_runs: chunks must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Span stack[SPAN_STACK], *s = n <= SPAN_STACK ? stack : PyMem_New(Span, n);
+    PyObject *runs = NULL, *run = NULL;
+    if (!s) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int sorted = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) < 5) {
+            PyErr_SetString(PyExc_TypeError, "merge_runs: chunks must be ChunkInfos");
+            goto done;
+        }
+        if (span_field(c, 0, &s[i].blob) < 0 || span_field(c, 3, &s[i].off) < 0 ||
+            span_field(c, 4, &s[i].size) < 0)
+            goto done;
+        s[i].pos = i;
+        s[i].obj = c;
+        if (i && span_cmp(&s[i - 1], &s[i]) > 0) sorted = 0;
+    }
+    if (!sorted) qsort(s, (size_t)n, sizeof(Span), span_cmp);
+    if (!(runs = PyList_New(0))) goto done;
+    /* the current run: blob, first offset, end (exact: offsets and sizes are below 2^64) */
+    uint64_t blob = 0;
+    unsigned __int128 start = 0, end = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Span *c = &s[i];
+        if (run && c->blob == blob) {
+            unsigned __int128 c_end = (unsigned __int128)c->off + c->size;
+            if (c->off == end && max_size >= 0 && c_end - start <= (unsigned __int128)max_size) {
+                if (PyList_Append(run, c->obj) < 0) goto done;
+                end = c_end;
+                continue;
+            }
+            if (c->off == s[i - 1].off) continue; /* the same chunk twice */
+        }
+        Py_XDECREF(run);
+        if (!(run = PyList_New(1))) goto done;
+        Py_INCREF(c->obj);
+        PyList_SET_ITEM(run, 0, c->obj);
+        if (PyList_Append(runs, run) < 0) goto done;
+        blob = c->blob, start = c->off, end = (unsigned __int128)c->off + c->size;
+    }
+    Py_XDECREF(run);
+    if (s != stack) PyMem_Free(s);
+    Py_DECREF(seq);
+    return runs;
+done:
+    Py_XDECREF(run);
+    Py_XDECREF(runs);
+    if (s && s != stack) PyMem_Free(s);
+    Py_DECREF(seq);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"v5_pieces", (PyCFunction)(void (*)(void))v5_pieces, METH_FASTCALL,
      "v5_pieces(buf, records_off, count, chunk_size, file_size, blob_count, offset, size)\n--\n\n"
@@ -652,6 +759,8 @@ static PyMethodDef methods[] = {
     {"v6_chunk", (PyCFunction)(void (*)(void))v6_chunk, METH_FASTCALL,
      "v6_chunk(buf, blob, chunk_index, blkaddr, want, where, block_size, blob_count, chunk_map, "
      "ci_tables)\n--\n\nThe ChunkInfo of one RAFS v6 chunk."},
+    {"merge_runs", (PyCFunction)(void (*)(void))merge_runs, METH_FASTCALL,
+     "merge_runs(chunks, max_size)\n--\n\nGroup chunks into runs of adjacent compressed ranges of one blob."},
     {"ci_entry", (PyCFunction)(void (*)(void))ci_entry, METH_FASTCALL,
      "ci_entry(data, version, count, index)\n--\n\nOne entry of a blob's ci table (v1 or v2)."},
     {NULL, NULL, 0, NULL},

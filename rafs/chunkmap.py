@@ -1,8 +1,9 @@
 """Chunk lookup hot path: the C module rafs._speedups, or its pure-Python twin rafs._chunkmap.
 
 Both provide v5_pieces (v5 chunk records -> ChunkPieces), v6_pieces (v6 chunk indexes resolved
-through the chunk map and the ci tables -> ChunkPieces), v6_chunk (one v6 chunk) and ci_entry
-(one ci table entry), with identical results and identical errors. `chunk_key` (pure Python,
+through the chunk map and the ci tables -> ChunkPieces), v6_chunk (one v6 chunk), ci_entry
+(one ci table entry) and merge_runs (the chunks a read must fetch, grouped into runs of adjacent
+compressed ranges), with identical results and identical errors. `chunk_key` (pure Python,
 shared) packs the v6 chunk-map keys both expect. `PYNYDUSD_PUREPYTHON=1` forces the twin;
 `IMPLEMENTATION` says which one is active ("c" or "python").
 """
@@ -14,17 +15,18 @@ import os
 from ._chunkmap import chunk_key
 
 if os.environ.get("PYNYDUSD_PUREPYTHON") == "1":
-    from ._chunkmap import ci_entry, v5_pieces, v6_chunk, v6_pieces
+    from ._chunkmap import ci_entry, merge_runs, v5_pieces, v6_chunk, v6_pieces
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._speedups import ci_entry, v5_pieces, v6_chunk, v6_pieces
+        from ._speedups import ci_entry, merge_runs, v5_pieces, v6_chunk, v6_pieces
 
         IMPLEMENTATION = "c"
     except ImportError:
-        from ._chunkmap import ci_entry, v5_pieces, v6_chunk, v6_pieces
+        from ._chunkmap import ci_entry, merge_runs, v5_pieces, v6_chunk, v6_pieces
 
         IMPLEMENTATION = "python"
 
-__all__ = ["IMPLEMENTATION", "chunk_key", "ci_entry", "v5_pieces", "v6_chunk", "v6_pieces"]
+__all__ = ["IMPLEMENTATION", "chunk_key", "ci_entry", "merge_runs", "v5_pieces", "v6_chunk",
+           "v6_pieces"]

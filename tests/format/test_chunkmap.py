@@ -271,3 +271,43 @@ def test_real_v6_ci_table(nydus_fixtures, impl):
         assert (c_off, c_size, d_off, d_size, bool(flags)) == (
             c.compressed_offset, c.compressed_size, c.uncompressed_offset, c.uncompressed_size,
             c.compressed)
+
+
+def _chunk(blob: int, c_off: int, c_size: int, index: int = 0) -> rafs.ChunkInfo:
+    return rafs.ChunkInfo(blob, index, 1, c_off, c_size, 0, 0x1000, bytes(32))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_merge_runs_groups_adjacent_ranges_of_one_blob(impl):
+    a, b, c, d = _chunk(0, 0, 10), _chunk(0, 10, 10), _chunk(0, 20, 10), _chunk(0, 35, 5)
+    other = _chunk(1, 30, 10)
+    # any order in; sorted by blob then offset; a gap or another blob starts a new run
+    assert impl.merge_runs([d, other, c, a, b], 1 << 20) == [[a, b, c], [d], [other]]
+    # a run spans at most max_size bytes; a chunk larger than that is a run of its own
+    assert impl.merge_runs([a, b, c], 20) == [[a, b], [c]]
+    assert impl.merge_runs([a, b], 5) == [[a], [b]]
+    # the same chunk twice is fetched once
+    assert impl.merge_runs([b, a, b, a], 1 << 20) == [[a, b]]
+    assert impl.merge_runs([], 1 << 20) == []
+    runs = impl.merge_runs([a, b], 1 << 20)
+    assert runs[0][0] is a and runs[0][1] is b  # the caller's own ChunkInfo objects
+
+
+_U64 = (1 << 64) - 1
+
+
+@need_c
+@settings(max_examples=3000, deadline=None, database=None)
+@given(spans=st.lists(st.tuples(st.integers(0, 2), st.sampled_from([0, 10, 20, 30, 40, _U64 - 5]),
+                                st.sampled_from([0, 1, 10, 20, _U64])), max_size=70),
+       dup=st.booleans(), max_size=st.sampled_from([-1, 0, 10, 20, 35, 1 << 62]))
+def test_merge_runs_twins_agree(spans, dup, max_size):
+    chunks = [_chunk(b, o, min(s, _U64 - o) if s == _U64 else s, i)
+              for i, (b, o, s) in enumerate(spans)]
+    if dup:
+        chunks += chunks[::2]
+    c, py = _speedups.merge_runs(chunks, max_size), _chunkmap.merge_runs(chunks, max_size)
+    assert c == py
+    assert [[id(x) for x in r] for r in c] == [[id(x) for x in r] for r in py]
+    seen = {(x.blob_index, x.compressed_offset) for r in c for x in r}
+    assert seen == {(x.blob_index, x.compressed_offset) for x in chunks}
