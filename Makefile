@@ -33,8 +33,9 @@ test: setup
 	$(VENV)/bin/ruff check rafs daemon tools tests fixtures
 	$(PY) -c 'import rafs.chunkmap as c; print("chunk lookup:", c.IMPLEMENTATION)'
 	$(PY) -m pytest $(PYTEST_ARGS)
-	@echo "== again with the pure-Python chunk lookup (PYNYDUSD_PUREPYTHON=1): format and CLI levels"
-	PYNYDUSD_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_ARGS) tests/format tests/cli
+	@echo "== again with the pure-Python chunk lookup (PYNYDUSD_PUREPYTHON=1): format, CLI, storage, a mount"
+	PYNYDUSD_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_ARGS) tests/format tests/cli tests/storage \
+		tests/mounted/test_mount_built.py
 	@echo "== a bounded fuzz run of the RAFS readers (make fuzz RUNS=1000000 for a long one)"
 	$(PY) -m tools.fuzz --seconds $(FUZZ_SECONDS) --corpus .fuzz/corpus --artifacts .fuzz/findings
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rafs import chunkmap
 from tests.mountutil import PYNYDUSD, BlobServerProc, Daemon, fstype_at, require_fuse
 from tests.treeutil import make_source, source_manifest
 
@@ -51,6 +52,8 @@ def test_mount_of_builder_output_equals_source(built, tmp_path, version):
         got[b"/"] = want[b"/"] = None
         assert got == want
         d.assert_clean_log()
+        # the daemon says which chunk lookup served these bytes (make test runs this twice)
+        assert f"chunk lookup: {chunkmap.IMPLEMENTATION})" in d.output()
     finally:
         d.stop()
         server.stop()
