@@ -1,9 +1,15 @@
 """Chunk lookup, C vs pure Python, on one large file (`make bench-lookup`).
 
-Builds (once, under /tmp) a 160 MiB file with 4 KiB chunks (40,960 chunks) as RAFS v5 and v6,
-then times `image.chunks(ino, offset, 128 KiB)` at random offsets with each implementation, and a
-whole-file read through BlobStore (localfs, cold disk cache then warm). Prints the per-call
-speedup of v5 and of v6, then `speedup N.Nx`, the smaller of the two, as its last line.
+Builds (once, under /tmp) a 160 MiB file with 4 KiB chunks (40,960 chunks) as RAFS v5 and v6 (lz4),
+then, for 2,000 random 128 KiB ranges of it, times per call:
+  - pieces: `image.chunks(ino, offset, 128 KiB)` (v5_pieces / v6_pieces behind it),
+  - merge:  `merge_runs(chunks of those pieces, 1 MiB)`, the grouping of a cold read's misses,
+  - read:   both, as the daemon does them for a read that must fetch everything.
+Both implementations run in one process, switched by rebinding `rafs.chunkmap`'s functions (which
+`image.chunks` calls through), in ROUNDS interleaved rounds; the median round counts. Results are
+freed inside the timed loop, as a caller frees them. Then a whole-file read through BlobStore
+(localfs, cold then warm), in child processes with and without PYNYDUSD_PUREPYTHON=1.
+Prints each speedup, then `speedup N.Nx`: the smallest of the v5 and v6 pieces speedups.
 """
 
 from __future__ import annotations
@@ -16,10 +22,17 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script (make bench-lookup): the project root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 BASE = Path("/tmp/pynydusd-bench-lookup")
 FILE_SIZE = 160 << 20
 CHUNK = 0x1000
 READ = 128 << 10
+MERGE = 1 << 20
+CALLS = 2000
+ROUNDS = 9
+SWITCHED = ("v5_pieces", "v6_pieces", "v6_chunk", "ci_entry", "merge_runs")
 
 
 def build() -> None:
@@ -38,25 +51,56 @@ def build() -> None:
                             "--bootstrap", str(BASE / f"v{v}/bootstrap"), str(src)], check=True)
 
 
-def measure() -> None:
-    """Run in a child process: the implementation is chosen by the environment."""
+def per_call() -> dict[str, dict[str, float]]:
+    """Median per-call microseconds: {"c"|"python": {"v5 pieces": us, ...}}."""
     import rafs
-    from rafs import chunkmap
+    from rafs import _chunkmap, chunkmap
     from rafs.localblob import LocalBlobs
 
+    try:
+        from rafs import _speedups
+    except ImportError:
+        sys.exit("rafs._speedups is not built: run `make setup` (a C compiler is needed)")
+    impls = {"c": _speedups, "python": _chunkmap}
     rnd = random.Random(7)
-    offsets = [rnd.randrange(0, FILE_SIZE - READ) for _ in range(20000)]
-    for v in ("5", "6"):
-        image = rafs.open_image(BASE / f"v{v}/bootstrap")
-        LocalBlobs(image, str(BASE / f"v{v}/blobs")).close()
-        ino = image.lookup(image.root_ino, b"big.bin").ino
-        image.chunks(ino, 0, READ)
-        t = time.perf_counter()
-        for off in offsets:
-            image.chunks(ino, off, READ)
-        per_call = (time.perf_counter() - t) / len(offsets)
-        print(f"{chunkmap.IMPLEMENTATION} v{v} lookup {per_call * 1e6:.2f}")
+    offsets = [rnd.randrange(0, FILE_SIZE - READ) for _ in range(CALLS)]
+    times: dict[str, dict[str, list[float]]] = {impl: {} for impl in impls}
+    try:
+        for v in ("5", "6"):
+            image = rafs.open_image(BASE / f"v{v}/bootstrap")
+            LocalBlobs(image, str(BASE / f"v{v}/blobs")).close()
+            ino = image.lookup(image.root_ino, b"big.bin").ino
+            wanted = [[p.chunk for p in image.chunks(ino, off, READ) if p.chunk]
+                      for off in offsets]
+            for _ in range(ROUNDS):
+                for impl, mod in impls.items():
+                    for name in SWITCHED:
+                        setattr(chunkmap, name, getattr(mod, name))
+                    chunks, merge = image.chunks, chunkmap.merge_runs
+                    chunks(ino, 0, READ)
+                    t0 = time.perf_counter()
+                    for off in offsets:
+                        chunks(ino, off, READ)
+                    t1 = time.perf_counter()
+                    for w in wanted:
+                        merge(w, MERGE)
+                    t2 = time.perf_counter()
+                    for off in offsets:
+                        merge([p.chunk for p in chunks(ino, off, READ) if p.chunk], MERGE)
+                    t3 = time.perf_counter()
+                    for what, secs in (("pieces", t1 - t0), ("merge", t2 - t1), ("read", t3 - t2)):
+                        times[impl].setdefault(f"v{v} {what}", []).append(secs / CALLS * 1e6)
+    finally:
+        for name in SWITCHED:
+            setattr(chunkmap, name, getattr(impls[chunkmap.IMPLEMENTATION], name))
+    return {impl: {k: statistics.median(v) for k, v in t.items()} for impl, t in times.items()}
+
+
+def end_to_end() -> None:
+    """Run in a child process: the implementation is chosen by the environment."""
+    import rafs
     from daemon.storage import BlobStore, StorageOptions
+    from rafs import chunkmap
 
     image = rafs.open_image(BASE / "v5/bootstrap")
     ino = image.lookup(image.root_ino, b"big.bin").ino
@@ -65,15 +109,16 @@ def measure() -> None:
     for label in ("cold", "warm"):
         t = time.perf_counter()
         for off in range(0, FILE_SIZE, READ):
-            store.read(image.chunks(ino, off, READ))
+            store.read(image.chunks(ino, off, READ), ino, off)
         print(f"{chunkmap.IMPLEMENTATION} read-{label} {FILE_SIZE / (time.perf_counter() - t) / 1e6:.1f}")
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        measure()
+        end_to_end()
         return 0
     build()
+    calls = per_call()
     runs: dict[str, list[dict[str, float]]] = {"c": [], "python": []}
     for _ in range(3):  # C and Python runs alternate, so that a drifting machine favours neither
         for impl, env in (("c", {}), ("python", {"PYNYDUSD_PUREPYTHON": "1"})):
@@ -81,17 +126,18 @@ def main() -> int:
                                  capture_output=True, env=os.environ | env).stdout
             runs[impl].append({line.split()[1]: float(line.split()[-1])
                                for line in out.splitlines()})
-    results = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-               for impl, rs in runs.items()}
-    print(f"{CHUNK // 1024} KiB chunks, {FILE_SIZE >> 20} MiB file, {READ >> 10} KiB random reads, "
-          "median of 3 alternating runs")
-    for key in results["c"]:
-        unit = "MB/s" if key.startswith("read") else "us/call"
-        print(f"  {key:12s} C {results['c'][key]:9.2f} {unit}   Python {results['python'][key]:9.2f} {unit}")
-    v5 = results["python"]["v5"] / results["c"]["v5"]
-    v6 = results["python"]["v6"] / results["c"]["v6"]
-    print(f"v5 lookup speedup {v5:.1f}x")
-    print(f"v6 lookup speedup {v6:.1f}x")
+    reads = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+             for impl, rs in runs.items()}
+    print(f"{CHUNK // 1024} KiB chunks, {FILE_SIZE >> 20} MiB file, {CALLS} random {READ >> 10} KiB "
+          f"ranges; per call: median of {ROUNDS} interleaved rounds")
+    for key in calls["c"]:
+        c, py = calls["c"][key], calls["python"][key]
+        print(f"  {key:10s} C {c:8.2f} us   Python {py:8.2f} us   {py / c:5.1f}x")
+    print("whole-file read through BlobStore (localfs, no disk cache), median of 3 alternating runs")
+    for key in reads["c"]:
+        print(f"  {key:10s} C {reads['c'][key]:8.1f} MB/s Python {reads['python'][key]:8.1f} MB/s")
+    v5 = calls["python"]["v5 pieces"] / calls["c"]["v5 pieces"]
+    v6 = calls["python"]["v6 pieces"] / calls["c"]["v6 pieces"]
     print(f"speedup {min(v5, v6):.1f}x")
     return 0
 
