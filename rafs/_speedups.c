@@ -4,7 +4,9 @@
  * (type and message). v5_pieces cuts a file range into pieces of its v5 chunk records; v6_pieces
  * does it from v6 chunk indexes, resolving each as v6_chunk does: the record found through the
  * chunk map (a dict keyed by chunk_key, see the twin) gives digest and crc, the blob's ci table
- * (when given) offsets, sizes and flags. ci_entry decodes one ci table entry.
+ * (when given) offsets, sizes and flags. ci_entry decodes one ci table entry. merge_runs groups
+ * chunks into runs of adjacent compressed ranges (twin: rafs/_chunkmap.py too), find_dirent
+ * searches a v6 directory for one name (twin: rafs/_dirsearch.py).
  *
  * Every offset and count read from an image, and every position taken from the chunk map, is
  * bounds-checked before use. The module keeps no state: rafs.model's result classes are looked up
@@ -48,30 +50,29 @@ static PyObject *module_attr(const char *module, const char *name) {
     return attr;
 }
 
-/* set kw[key] = value (stolen; NULL: an error is set) */
-static int set_kw(PyObject *kw, const char *key, PyObject *value) {
-    if (!value) return -1;
-    int r = PyDict_SetItemString(kw, key, value);
-    Py_DECREF(value);
-    return r;
-}
-
-/* raise rafs.errors.RafsError(message, structure=..., field=..., value=..., offset=...);
- * message, value and offset are stolen; value or offset NULL means None */
-static void raise_rafs(PyObject *message, const char *structure, const char *field,
-                       PyObject *value, PyObject *offset) {
+/* raise rafs.errors.RafsError(message, structure=..., field=..., value=..., offset=...); every
+ * part is stolen, and a NULL one is not passed (its default applies) */
+static void raise_rafs_o(PyObject *message, PyObject *structure, PyObject *field, PyObject *value,
+                         PyObject *offset) {
     PyObject *cls = NULL, *args = NULL, *kw = NULL, *exc = NULL;
     if (!message || PyErr_Occurred()) goto done;
     if (!(cls = module_attr("rafs.errors", "RafsError"))) goto done;
     if (!(args = PyTuple_Pack(1, message)) || !(kw = PyDict_New())) goto done;
-    if (structure && set_kw(kw, "structure", PyUnicode_FromString(structure)) < 0) goto done;
-    if (field && set_kw(kw, "field", PyUnicode_FromString(field)) < 0) goto done;
+    if (structure && PyDict_SetItemString(kw, "structure", structure) < 0) goto done;
+    if (field && PyDict_SetItemString(kw, "field", field) < 0) goto done;
     if (value && PyDict_SetItemString(kw, "value", value) < 0) goto done;
     if (offset && PyDict_SetItemString(kw, "offset", offset) < 0) goto done;
     if ((exc = PyObject_Call(cls, args, kw))) PyErr_SetObject(cls, exc);
 done:
     Py_XDECREF(exc); Py_XDECREF(kw); Py_XDECREF(args); Py_XDECREF(cls);
-    Py_XDECREF(message); Py_XDECREF(value); Py_XDECREF(offset);
+    Py_XDECREF(message); Py_XDECREF(structure); Py_XDECREF(field); Py_XDECREF(value); Py_XDECREF(offset);
+}
+
+/* raise_rafs_o with structure and field given as C strings (NULL: not passed) */
+static void raise_rafs(PyObject *message, const char *structure, const char *field,
+                       PyObject *value, PyObject *offset) {
+    raise_rafs_o(message, structure ? PyUnicode_FromString(structure) : NULL,
+                 field ? PyUnicode_FromString(field) : NULL, value, offset);
 }
 
 /* rafs.buf.Buf.check's RafsError: `what` needs `need` bytes at `off` (stolen), the buffer has `have` */
@@ -655,6 +656,166 @@ static PyObject *v6_chunk(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return res;
 }
 
+/* -- v6 directories ------------------------------------------------------------------------------ */
+
+#define DIRENT_SIZE 12
+#define DIR_LIMIT (1LL << 56) /* bound of every directory offset and size: their sums stay in 64 bits */
+
+/* One directory being searched (twin: rafs._dirsearch.find_dirent). nid and inode_off are the
+ * caller's objects, only put into error messages. */
+typedef struct {
+    const unsigned char *buf;
+    Py_ssize_t len;
+    PyObject *nid, *inode_off, *size_obj;
+    long long data_off, tail_off, size, bs, nblocks;
+} Dir;
+
+static inline int bytes_cmp(const unsigned char *a, Py_ssize_t an, const unsigned char *b, Py_ssize_t bn) {
+    int c = memcmp(a, b, (size_t)(an < bn ? an : bn));
+    return c ? c : (an > bn) - (an < bn);
+}
+
+static inline uint16_t dirent_nameoff(const unsigned char *blk, long long j) { return rd16(blk + DIRENT_SIZE * j + 8); }
+
+/* the bounds-checked block k: its position, length and entry count */
+static int dir_block(const Dir *d, long long k, long long *pos, long long *blen, long long *count) {
+    long long length = d->bs < d->size - k * d->bs ? d->bs : d->size - k * d->bs;
+    const char *field;
+    if (d->tail_off >= 0 && k == d->nblocks - 1) {
+        if (d->tail_off / d->bs != (d->tail_off + length - 1) / d->bs) {
+            Py_INCREF(d->size_obj);
+            Py_INCREF(d->inode_off);
+            raise_rafs(PyUnicode_FromString("inline tail crosses a block boundary"), "inode", "i_size",
+                       d->size_obj, d->inode_off);
+            return -1;
+        }
+        *pos = d->tail_off, field = "inline data";
+    } else {
+        *pos = d->data_off + k * d->bs, field = "data block";
+    }
+    if (*pos < 0 || *pos > d->len - length) {
+        PyObject *off = PyLong_FromLongLong(*pos), *hex = off ? PyNumber_ToBase(off, 16) : NULL;
+        PyObject *msg = hex ? PyUnicode_FromFormat("bootstrap is too short: need %lld bytes at %U, file has %zd",
+                                                   length, hex, d->len) : NULL;
+        Py_XDECREF(hex);
+        raise_rafs(msg, "inode", field, NULL, off);
+        return -1;
+    }
+    *blen = length;
+    if (length < DIRENT_SIZE) {
+        raise_rafs_o(PyUnicode_FromString("directory block too short"),
+                     PyUnicode_FromFormat("directory %S block %lld", d->nid, k), NULL, PyLong_FromLongLong(length),
+                     NULL);
+        return -1;
+    }
+    uint16_t first = dirent_nameoff(d->buf + *pos, 0);
+    if (first % DIRENT_SIZE || first == 0 || first > length) {
+        raise_rafs_o(PyUnicode_FromString("bad first nameoff"),
+                     PyUnicode_FromFormat("directory %S block %lld", d->nid, k), PyUnicode_FromString("nameoff"),
+                     PyLong_FromLong(first), NULL);
+        return -1;
+    }
+    *count = first / DIRENT_SIZE;
+    return 0;
+}
+
+/* the name of entry j of block k at blk (the last entry's ends at its first NUL) */
+static int dir_name(const Dir *d, long long k, const unsigned char *blk, long long blen, long long count,
+                    long long j, const unsigned char **name, Py_ssize_t *n) {
+    long long off = dirent_nameoff(blk, j), end = j + 1 < count ? dirent_nameoff(blk, j + 1) : blen;
+    if (!(count * DIRENT_SIZE <= off && off < end && end <= blen)) {
+        raise_rafs_o(PyUnicode_FromString("nameoff out of order or outside the block"),
+                     PyUnicode_FromFormat("directory %S block %lld", d->nid, k),
+                     PyUnicode_FromFormat("dirent[%lld].nameoff", j), PyLong_FromLongLong(off), NULL);
+        return -1;
+    }
+    *name = blk + off;
+    *n = (Py_ssize_t)(end - off);
+    if (j + 1 == count) {
+        const unsigned char *nul = memchr(*name, 0, (size_t)*n);
+        if (nul) *n = nul - *name;
+    }
+    return 0;
+}
+
+/* an int argument, clamped to the long long range */
+static int clamped_ll(PyObject *o, long long *v) {
+    int overflow;
+    *v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (*v == -1 && PyErr_Occurred()) return -1;
+    if (overflow) *v = overflow > 0 ? LLONG_MAX : LLONG_MIN;
+    return 0;
+}
+
+static PyObject *find_dirent(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (check_nargs("find_dirent", nargs, 8) < 0) return NULL;
+    Dir d = {.nid = args[1], .size_obj = args[4], .inode_off = args[6]};
+    PyObject *name_obj = args[7];
+    if (!PyBytes_Check(name_obj)) {
+        PyErr_SetString(PyExc_TypeError, "find_dirent: name must be bytes");
+        return NULL;
+    }
+    if (clamped_ll(args[2], &d.data_off) < 0 || clamped_ll(args[3], &d.tail_off) < 0 ||
+        clamped_ll(args[4], &d.size) < 0 || clamped_ll(args[5], &d.bs) < 0)
+        return NULL;
+    if (d.bs <= 0 || d.size <= 0) Py_RETURN_NONE;
+    if (d.data_off <= -DIR_LIMIT || d.data_off >= DIR_LIMIT || d.tail_off <= -DIR_LIMIT || d.tail_off >= DIR_LIMIT ||
+        d.size >= DIR_LIMIT || d.bs >= DIR_LIMIT) {
+        Py_INCREF(d.size_obj);
+        Py_INCREF(d.inode_off);
+        raise_rafs(PyUnicode_FromString("directory geometry out of range"), "inode", "i_size", d.size_obj,
+                   d.inode_off);
+        return NULL;
+    }
+    const unsigned char *name = (const unsigned char *)PyBytes_AS_STRING(name_obj);
+    Py_ssize_t name_len = PyBytes_GET_SIZE(name_obj);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    d.buf = view.buf, d.len = view.len;
+    d.nblocks = d.size / d.bs + (d.size % d.bs != 0);
+    PyObject *res = NULL;
+    long long lo = 0, hi = d.nblocks;
+    while (lo < hi) {
+        long long mid = lo + (hi - lo) / 2, pos, blen, count;
+        const unsigned char *e;
+        Py_ssize_t en;
+        if (dir_block(&d, mid, &pos, &blen, &count) < 0 || dir_name(&d, mid, d.buf + pos, blen, count, 0, &e, &en) < 0)
+            goto done;
+        if (bytes_cmp(name, name_len, e, en) < 0) {
+            hi = mid;
+            continue;
+        }
+        if (dir_name(&d, mid, d.buf + pos, blen, count, count - 1, &e, &en) < 0) goto done;
+        if (bytes_cmp(name, name_len, e, en) > 0) {
+            lo = mid + 1;
+            continue;
+        }
+        long long a = 0, b = count;
+        while (a < b) {
+            long long m = a + (b - a) / 2;
+            if (dir_name(&d, mid, d.buf + pos, blen, count, m, &e, &en) < 0) goto done;
+            int c = bytes_cmp(name, name_len, e, en);
+            if (c < 0) {
+                b = m;
+            } else if (c > 0) {
+                a = m + 1;
+            } else {
+                if ((name_len == 1 && name[0] == '.') || (name_len == 2 && name[0] == '.' && name[1] == '.'))
+                    break;
+                const unsigned char *ent = d.buf + pos + DIRENT_SIZE * m;
+                res = Py_BuildValue("(NN)", PyLong_FromUnsignedLongLong(rd64(ent)), PyLong_FromLong(ent[10]));
+                goto done;
+            }
+        }
+        break;
+    }
+    res = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
 /* -- fetch runs ----------------------------------------------------------------------------------- */
 
 /* One chunk being merged: blob_index, compressed offset and size (ChunkInfo fields 0, 3 and 4),
@@ -761,6 +922,9 @@ static PyMethodDef methods[] = {
      "ci_tables)\n--\n\nThe ChunkInfo of one RAFS v6 chunk."},
     {"merge_runs", (PyCFunction)(void (*)(void))merge_runs, METH_FASTCALL,
      "merge_runs(chunks, max_size)\n--\n\nGroup chunks into runs of adjacent compressed ranges of one blob."},
+    {"find_dirent", (PyCFunction)(void (*)(void))find_dirent, METH_FASTCALL,
+     "find_dirent(buf, nid, data_off, tail_off, size, block_size, inode_off, name)\n--\n\n"
+     "(child nid, file type) of one name in a RAFS v6 directory, or None."},
     {"ci_entry", (PyCFunction)(void (*)(void))ci_entry, METH_FASTCALL,
      "ci_entry(data, version, count, index)\n--\n\nOne entry of a blob's ci table (v1 or v2)."},
     {NULL, NULL, 0, NULL},

@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from . import chunkmap
+from . import chunkmap, dirsearch
 from .blobmeta import CiTable
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
@@ -372,20 +372,16 @@ class V6Image(Image):
 
     def lookup(self, parent_ino: int, name: bytes) -> Inode | None:
         parent = self._dir(parent_ino)
-        lo, hi = 0, self._nblocks(parent)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            ents = self._dirents_cached(parent, mid)
-            if name < ents[0][0]:
-                hi = mid
-            elif name > ents[-1][0]:
-                lo = mid + 1
-            else:
-                for ename, nid, _t in ents:
-                    if ename == name and name not in (b".", b".."):
-                        return self._child(parent, name, nid)
-                return None
-        return None
+        if not parent.size:
+            return None
+        if parent.layout not in (FLAT_PLAIN, FLAT_INLINE):
+            raise RafsError("directory or symlink with a chunk-based layout", structure="inode",
+                            field="i_format", value=parent.layout, offset=parent.offset)
+        bs = self.block_size
+        tail = parent.body_off + parent.xattr_size if parent.layout == FLAT_INLINE else -1
+        found = dirsearch.find_dirent(self.buf.data, parent.nid, parent.i_u * bs, tail, parent.size,
+                                      bs, parent.offset, name)
+        return None if found is None else self._child(parent, name, found[0])
 
     def _dirents_cached(self, ino: _Ino, k: int) -> list[tuple[bytes, int, int]]:
         key = (ino.nid, k)
