@@ -4,12 +4,15 @@ Builds (once, under /tmp) a 160 MiB file with 4 KiB chunks (40,960 chunks) as RA
 then, for 2,000 random 128 KiB ranges of it, times per call:
   - pieces: `image.chunks(ino, offset, 128 KiB)` (v5_pieces / v6_pieces behind it),
   - merge:  `merge_runs(chunks of those pieces, 1 MiB)`, the grouping of a cold read's misses,
-  - read:   both, as the daemon does them for a read that must fetch everything.
-Both implementations run in one process, switched by rebinding `rafs.chunkmap`'s functions (which
-`image.chunks` calls through), in ROUNDS interleaved rounds; the median round counts. Results are
-freed inside the timed loop, as a caller frees them. Then a whole-file read through BlobStore
-(localfs, cold then warm), in child processes with and without PYNYDUSD_PUREPYTHON=1.
-Prints each speedup, then `speedup N.Nx`: the smallest of the v5 and v6 pieces speedups.
+  - read:   both, as the daemon does them for a read that must fetch everything;
+and `image.lookup` of 2,000 random names (present, then absent) in a v6 directory of 100,000
+entries (find_dirent behind it).
+Both implementations run in one process, switched by rebinding the functions of `rafs.chunkmap`
+and `rafs.dirsearch` (which the image calls through), in ROUNDS interleaved rounds; the median
+round counts. Results are freed inside the timed loop, as a caller frees them. Then a whole-file
+read through BlobStore (localfs, cold then warm), in child processes with and without
+PYNYDUSD_PUREPYTHON=1. Prints each speedup, then `speedup N.Nx`: the smallest of the v5 and v6
+pieces speedups.
 """
 
 from __future__ import annotations
@@ -51,10 +54,52 @@ def build() -> None:
                             "--bootstrap", str(BASE / f"v{v}/bootstrap"), str(src)], check=True)
 
 
+DIR_ENTRIES = 100_000
+
+
+def dir_name(i: int) -> str:
+    return f"file-{i:06d}-{i * 2654435761 % 10**9:09d}.txt"
+
+
+def build_dir() -> None:
+    """A v6 image whose directory d holds DIR_ENTRIES empty files."""
+    if (BASE / "dir-v6/bootstrap").exists():
+        return
+    d = BASE / "dirsrc/d"
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(DIR_ENTRIES):
+        (d / dir_name(i)).touch()
+    tool = str(Path(sys.executable).parent / "pynydus-image")
+    subprocess.run([tool, "create", "--fs-version", "6", "--blob-dir", str(BASE / "dir-v6/blobs"),
+                    "--bootstrap", str(BASE / "dir-v6/bootstrap"), str(BASE / "dirsrc")],
+                   check=True, capture_output=True)
+
+
+def dir_lookups(impls: dict, times: dict) -> None:
+    """Per-call times of image.lookup in the large directory, hits and misses."""
+    import rafs
+    from rafs import dirsearch
+
+    rnd = random.Random(9)
+    present = [dir_name(rnd.randrange(DIR_ENTRIES)).encode() for _ in range(CALLS)]
+    absent = [n[:-4] + b".pyc" for n in present]
+    image = rafs.open_image(BASE / "dir-v6/bootstrap")
+    d = image.lookup(image.root_ino, b"d").ino
+    for _ in range(ROUNDS):
+        for impl, mod in impls.items():
+            dirsearch.find_dirent = mod.find_dirent
+            for what, names in (("present", present), ("absent", absent)):
+                t0 = time.perf_counter()
+                for name in names:
+                    image.lookup(d, name)
+                secs = time.perf_counter() - t0
+                times[impl].setdefault(f"dir {what}", []).append(secs / CALLS * 1e6)
+
+
 def per_call() -> dict[str, dict[str, float]]:
     """Median per-call microseconds: {"c"|"python": {"v5 pieces": us, ...}}."""
     import rafs
-    from rafs import _chunkmap, chunkmap
+    from rafs import _chunkmap, _dirsearch, chunkmap, dirsearch
     from rafs.localblob import LocalBlobs
 
     try:
@@ -90,9 +135,12 @@ def per_call() -> dict[str, dict[str, float]]:
                     t3 = time.perf_counter()
                     for what, secs in (("pieces", t1 - t0), ("merge", t2 - t1), ("read", t3 - t2)):
                         times[impl].setdefault(f"v{v} {what}", []).append(secs / CALLS * 1e6)
+        dir_lookups({"c": _speedups, "python": _dirsearch}, times)
     finally:
         for name in SWITCHED:
             setattr(chunkmap, name, getattr(impls[chunkmap.IMPLEMENTATION], name))
+        dirsearch.find_dirent = (_speedups if chunkmap.IMPLEMENTATION == "c"
+                                 else _dirsearch).find_dirent
     return {impl: {k: statistics.median(v) for k, v in t.items()} for impl, t in times.items()}
 
 
@@ -118,6 +166,7 @@ def main() -> int:
         end_to_end()
         return 0
     build()
+    build_dir()
     calls = per_call()
     runs: dict[str, list[dict[str, float]]] = {"c": [], "python": []}
     for _ in range(3):  # C and Python runs alternate, so that a drifting machine favours neither
@@ -129,13 +178,14 @@ def main() -> int:
     reads = {impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
              for impl, rs in runs.items()}
     print(f"{CHUNK // 1024} KiB chunks, {FILE_SIZE >> 20} MiB file, {CALLS} random {READ >> 10} KiB "
-          f"ranges; per call: median of {ROUNDS} interleaved rounds")
+          f"ranges; {CALLS} names in a {DIR_ENTRIES:,}-entry directory; per call: median of "
+          f"{ROUNDS} interleaved rounds")
     for key in calls["c"]:
         c, py = calls["c"][key], calls["python"][key]
-        print(f"  {key:10s} C {c:8.2f} us   Python {py:8.2f} us   {py / c:5.1f}x")
+        print(f"  {key:11s} C {c:8.2f} us   Python {py:8.2f} us   {py / c:5.1f}x")
     print("whole-file read through BlobStore (localfs, no disk cache), median of 3 alternating runs")
     for key in reads["c"]:
-        print(f"  {key:10s} C {reads['c'][key]:8.1f} MB/s Python {reads['python'][key]:8.1f} MB/s")
+        print(f"  {key:11s} C {reads['c'][key]:8.1f} MB/s Python {reads['python'][key]:8.1f} MB/s")
     v5 = calls["python"]["v5 pieces"] / calls["c"]["v5 pieces"]
     v6 = calls["python"]["v6 pieces"] / calls["c"]["v6 pieces"]
     print(f"speedup {min(v5, v6):.1f}x")
