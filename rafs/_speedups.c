@@ -852,9 +852,11 @@ static PyObject *merge_runs(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (check_nargs("merge_runs", nargs, 2) < 0) return NULL;
     long long max_size = PyLong_AsLongLong(args[1]);
     if (max_size == -1 && PyErr_Occurred()) return NULL;
-    PyObject *seq = PySequence_Fast(args[0], "merge_runs: chunks must be a sequence");
+    /* a tuple of our own: the allocations below may run the cycle collector, whose finalisers
+     * could empty a list passed in and free the ChunkInfos the spans point to */
+    PyObject *seq = PySequence_Tuple(args[0]);
     if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     Span stack[SPAN_STACK], *s = n <= SPAN_STACK ? stack : PyMem_New(Span, n);
     PyObject *runs = NULL, *run = NULL;
     if (!s) {
@@ -863,7 +865,7 @@ static PyObject *merge_runs(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     int sorted = 1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *c = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *c = PyTuple_GET_ITEM(seq, i);
         if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) < 5) {
             PyErr_SetString(PyExc_TypeError, "merge_runs: chunks must be ChunkInfos");
             goto done;

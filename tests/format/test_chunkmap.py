@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -311,3 +313,31 @@ def test_merge_runs_twins_agree(spans, dup, max_size):
     assert [[id(x) for x in r] for r in c] == [[id(x) for x in r] for r in py]
     seen = {(x.blob_index, x.compressed_offset) for r in c for x in r}
     assert seen == {(x.blob_index, x.compressed_offset) for x in chunks}
+
+
+_EMPTIED_DURING_MERGE = """
+import gc
+from rafs import _speedups
+from rafs.model import ChunkInfo
+L = [ChunkInfo(0, i, 0, 1000 * (8 - i), 10, 0, 10, bytes(32), 0) for i in range(8)]
+class Bomb:
+    def __del__(self):
+        L.clear()
+        Bomb.junk = [(i, -i, i) for i in range(10000)]
+b = Bomb(); b.self = b; del b
+hold = [[] for _ in range(200)]
+gc.set_threshold(1)
+runs = _speedups.merge_runs(L, 1 << 20)
+gc.set_threshold(700)
+print(len(L), [r[0].chunk_index for r in runs])
+"""
+
+
+@need_c
+def test_merge_runs_survives_a_finaliser_that_empties_its_input():
+    """A collection inside merge_runs may run a __del__ that clears the list passed in (found in
+    review: the C code kept borrowed pointers into it, and crashed)."""
+    r = subprocess.run([sys.executable, "-c", _EMPTIED_DURING_MERGE], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "[7,", "6,", "5,", "4,", "3,", "2,", "1,", "0]"]
