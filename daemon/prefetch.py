@@ -17,6 +17,8 @@ from rafs.chunkmap import merge_runs
 from .fetcher import Fetcher
 from .storage_errors import StorageError
 
+YIELD_EVERY = 16  # files the prefetch walk takes between giving up the GIL
+
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +110,9 @@ class Prefetcher:
         seen: set[tuple[int, int]] = set()
         batch: list[ChunkInfo] = []
         current = 0
-        for stage, ino in self._files():
+        for n, (stage, ino) in enumerate(self._files()):
+            if n % YIELD_EVERY == 0:
+                time.sleep(0)  # let a waiting FUSE thread have the GIL now, not at the switch interval
             if stage != current and batch:  # never let later stages overtake earlier ones
                 yield from merge_runs(batch, self.options.prefetch_merging_size)
                 batch = []
