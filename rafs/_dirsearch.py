@@ -1,10 +1,13 @@
-"""Pure-Python search of one name in a RAFS v6 (EROFS) directory: the reference twin of the C
-function rafs._speedups.find_dirent (same results, same errors; `rafs.dirsearch` picks one).
+"""Pure-Python search of one name in a directory: the reference twins of the C functions
+rafs._speedups.find_dirent (RAFS v6) and v5_find_child (RAFS v5), with the same results and the
+same errors; `rafs.dirsearch` picks one of each pair.
 
-A directory's blocks each hold sorted 12-byte entries (nid, name offset, file type) followed by
+v6: a directory's blocks each hold sorted 12-byte entries (nid, name offset, file type) followed by
 their names; the blocks are sorted too. The search bisects the blocks by their first and last
 names, then the entries of one block; it decodes and checks only the entries it compares, so a
 lookup in a directory of 100,000 entries touches about 30 names instead of decoding whole blocks.
+v5: a directory's children are consecutive inode records, sorted by name; the search reads only
+the names of the records it compares, not the whole records.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import struct
 from .errors import RafsError
 
 _U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 _DIRENT = struct.Struct("<QHB")  # nid, nameoff, file type (a reserved byte follows)
 DIRENT_SIZE = 12
 LIMIT = 1 << 56  # bound of every directory offset and size (their sums then fit in 64 bits)
@@ -68,8 +72,7 @@ def _block(buf, nid: int, data_off: int, tail_off: int, size: int, bs: int, inod
     else:
         pos, field = data_off + k * bs, "data block"
     if pos < 0 or pos + length > len(buf):
-        raise RafsError(f"bootstrap is too short: need {length} bytes at {pos:#x}, file has "
-                        f"{len(buf)}", structure="inode", field=field, offset=pos)
+        raise _short(length, pos, len(buf), "inode", field)
     where = f"directory {nid} block {k}"
     if length < DIRENT_SIZE:
         raise RafsError("directory block too short", structure=where, value=length)
@@ -88,3 +91,55 @@ def _name(buf, blk: int, blen: int, count: int, j: int, where: str) -> bytes:
                         field=f"dirent[{j}].nameoff", value=off)
     name = bytes(buf[blk + off:blk + end])
     return name.split(b"\0", 1)[0] if j + 1 == count else name
+
+
+V5_SB_SIZE = 8192  # v5 inode records start after the superblock
+V5_INODE_HDR = 128  # the fixed part of a v5 inode record; the name follows it
+
+
+def v5_find_child(buf, itable_off: int, itable_entries: int, child_index: int, child_count: int,
+                  name: bytes) -> int:
+    """The position (0-based) of `name` among the child_count children of a v5 directory, whose
+    records are inode-table entries child_index, child_index + 1, ...; -1 if absent."""
+    if not (0 <= itable_off < LIMIT and 0 <= itable_entries < 1 << 32 and 0 <= child_index < 1 << 32
+            and 0 <= child_count < 1 << 32):
+        raise RafsError("directory geometry out of range", structure="inode",
+                        field="i_child_index", value=child_index)
+    lo, hi = 0, child_count
+    while lo < hi:
+        mid = (lo + hi) // 2
+        entry = _v5_name(buf, itable_off, itable_entries, child_index + mid)
+        if entry == name:
+            return mid
+        if entry < name:
+            lo = mid + 1
+        else:
+            hi = mid
+    return -1
+
+
+def _short(length: int, pos: int, have: int, structure: str, field: str = "") -> RafsError:
+    return RafsError(f"bootstrap is too short: need {length} bytes at {pos:#x}, file has {have}",
+                     structure=structure, field=field, offset=pos)
+
+
+def _v5_name(buf, itable_off: int, entries: int, index: int) -> bytes:
+    """The name in inode record `index` (1-based) of a v5 inode table, bounds-checked."""
+    if not 1 <= index <= entries:
+        raise RafsError("inode index out of range", structure="inode table", field="index",
+                        value=index)
+    ent_off = itable_off + 4 * (index - 1)
+    if ent_off < 0 or ent_off + 4 > len(buf):
+        raise _short(4, ent_off, len(buf), "inode table", "entry")
+    ent = _U32.unpack_from(buf, ent_off)[0]
+    if ent <= V5_SB_SIZE // 8 or ent >= 1 << 29:
+        raise RafsError("inode table entry out of range", structure="inode table",
+                        field=f"entry[{index - 1}]", value=ent, offset=ent_off)
+    off = ent * 8
+    if off + V5_INODE_HDR > len(buf):
+        raise _short(V5_INODE_HDR, off, len(buf), "inode")
+    size = _U16.unpack_from(buf, off + 100)[0]
+    pos = off + V5_INODE_HDR
+    if pos + size > len(buf):
+        raise _short(size, pos, len(buf), "inode", "name")
+    return bytes(buf[pos:pos + size])

@@ -5,8 +5,8 @@
  * does it from v6 chunk indexes, resolving each as v6_chunk does: the record found through the
  * chunk map (a dict keyed by chunk_key, see the twin) gives digest and crc, the blob's ci table
  * (when given) offsets, sizes and flags. ci_entry decodes one ci table entry. merge_runs groups
- * chunks into runs of adjacent compressed ranges (twin: rafs/_chunkmap.py too), find_dirent
- * searches a v6 directory for one name (twin: rafs/_dirsearch.py).
+ * chunks into runs of adjacent compressed ranges (twin: rafs/_chunkmap.py too); find_dirent and
+ * v5_find_child search a v6 or v5 directory for one name (twins: rafs/_dirsearch.py).
  *
  * Every offset and count read from an image, and every position taken from the chunk map, is
  * bounds-checked before use. The module keeps no state: rafs.model's result classes are looked up
@@ -656,6 +656,18 @@ static PyObject *v6_chunk(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return res;
 }
 
+/* the twins' "too short" RafsError for `need` bytes at `pos` of a buffer of `have` bytes, naming
+ * the structure and field (NULL: none) read */
+static void raise_short_field(long long need, long long pos, Py_ssize_t have, const char *structure,
+                              const char *field) {
+    PyObject *off = PyLong_FromLongLong(pos), *hex = off ? PyNumber_ToBase(off, 16) : NULL;
+    PyObject *msg = hex ? PyUnicode_FromFormat("bootstrap is too short: need %lld bytes at %U, file has %zd",
+                                               need, hex, have)
+                        : NULL;
+    Py_XDECREF(hex);
+    raise_rafs(msg, structure, field, NULL, off);
+}
+
 /* -- v6 directories ------------------------------------------------------------------------------ */
 
 #define DIRENT_SIZE 12
@@ -694,11 +706,7 @@ static int dir_block(const Dir *d, long long k, long long *pos, long long *blen,
         *pos = d->data_off + k * d->bs, field = "data block";
     }
     if (*pos < 0 || *pos > d->len - length) {
-        PyObject *off = PyLong_FromLongLong(*pos), *hex = off ? PyNumber_ToBase(off, 16) : NULL;
-        PyObject *msg = hex ? PyUnicode_FromFormat("bootstrap is too short: need %lld bytes at %U, file has %zd",
-                                                   length, hex, d->len) : NULL;
-        Py_XDECREF(hex);
-        raise_rafs(msg, "inode", field, NULL, off);
+        raise_short_field(length, *pos, d->len, "inode", field);
         return -1;
     }
     *blen = length;
@@ -816,6 +824,82 @@ done:
     return res;
 }
 
+/* -- v5 directories ------------------------------------------------------------------------------ */
+
+#define V5_SB_SIZE 8192
+#define V5_INODE_HDR 128
+#define U32_LIMIT (1LL << 32)
+
+static PyObject *v5_find_child(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (check_nargs("v5_find_child", nargs, 6) < 0) return NULL;
+    PyObject *name_obj = args[5];
+    if (!PyBytes_Check(name_obj)) {
+        PyErr_SetString(PyExc_TypeError, "v5_find_child: name must be bytes");
+        return NULL;
+    }
+    long long itable_off, entries, child_index, count;
+    if (clamped_ll(args[1], &itable_off) < 0 || clamped_ll(args[2], &entries) < 0 ||
+        clamped_ll(args[3], &child_index) < 0 || clamped_ll(args[4], &count) < 0)
+        return NULL;
+    if (!(itable_off >= 0 && itable_off < DIR_LIMIT && entries >= 0 && entries < U32_LIMIT && child_index >= 0 &&
+          child_index < U32_LIMIT && count >= 0 && count < U32_LIMIT)) {
+        Py_INCREF(args[3]);
+        raise_rafs(PyUnicode_FromString("directory geometry out of range"), "inode", "i_child_index", args[3], NULL);
+        return NULL;
+    }
+    const unsigned char *name = (const unsigned char *)PyBytes_AS_STRING(name_obj);
+    Py_ssize_t name_len = PyBytes_GET_SIZE(name_obj);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *buf = view.buf;
+    long long lo = 0, hi = count, found = -1;
+    while (lo < hi) {
+        long long mid = lo + (hi - lo) / 2, index = child_index + mid;
+        if (index < 1 || index > entries) {
+            raise_rafs(PyUnicode_FromString("inode index out of range"), "inode table", "index",
+                       PyLong_FromLongLong(index), NULL);
+            goto fail;
+        }
+        long long ent_off = itable_off + 4 * (index - 1);
+        if (ent_off > view.len - 4) {
+            raise_short_field(4, ent_off, view.len, "inode table", "entry");
+            goto fail;
+        }
+        uint32_t ent = rd32(buf + ent_off);
+        if (ent <= V5_SB_SIZE / 8 || ent >= (1u << 29)) {
+            raise_rafs_o(PyUnicode_FromString("inode table entry out of range"), PyUnicode_FromString("inode table"),
+                         PyUnicode_FromFormat("entry[%lld]", index - 1), PyLong_FromUnsignedLong(ent),
+                         PyLong_FromLongLong(ent_off));
+            goto fail;
+        }
+        long long off = (long long)ent * 8;
+        if (off > view.len - V5_INODE_HDR) {
+            raise_short_field(V5_INODE_HDR, off, view.len, "inode", NULL);
+            goto fail;
+        }
+        long long size = rd16(buf + off + 100), pos = off + V5_INODE_HDR;
+        if (pos > view.len - size) {
+            raise_short_field(size, pos, view.len, "inode", "name");
+            goto fail;
+        }
+        int c = bytes_cmp(buf + pos, (Py_ssize_t)size, name, name_len);
+        if (c == 0) {
+            found = mid;
+            break;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromLongLong(found);
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 /* -- fetch runs ----------------------------------------------------------------------------------- */
 
 /* One chunk being merged: blob_index, compressed offset and size (ChunkInfo fields 0, 3 and 4),
@@ -927,6 +1011,9 @@ static PyMethodDef methods[] = {
     {"find_dirent", (PyCFunction)(void (*)(void))find_dirent, METH_FASTCALL,
      "find_dirent(buf, nid, data_off, tail_off, size, block_size, inode_off, name)\n--\n\n"
      "(child nid, file type) of one name in a RAFS v6 directory, or None."},
+    {"v5_find_child", (PyCFunction)(void (*)(void))v5_find_child, METH_FASTCALL,
+     "v5_find_child(buf, itable_off, itable_entries, child_index, child_count, name)\n--\n\n"
+     "The position of one name among the children of a RAFS v5 directory, or -1."},
     {"ci_entry", (PyCFunction)(void (*)(void))ci_entry, METH_FASTCALL,
      "ci_entry(data, version, count, index)\n--\n\nOne entry of a blob's ci table (v1 or v2)."},
     {NULL, NULL, 0, NULL},

@@ -1,7 +1,7 @@
-"""Search of one name in a v6 directory: the C function rafs._speedups.find_dirent, or its
-pure-Python twin rafs._dirsearch.find_dirent (identical results and errors). The choice is the
-one rafs.chunkmap makes: `PYNYDUSD_PUREPYTHON=1` forces the twin; IMPLEMENTATION says which is
-active ("c" or "python").
+"""Search of one name in a directory: the C functions rafs._speedups.find_dirent (v6) and
+v5_find_child (v5), or their pure-Python twins in rafs._dirsearch (identical results and
+errors). The choice is the one rafs.chunkmap makes: `PYNYDUSD_PUREPYTHON=1` forces the twins;
+IMPLEMENTATION says which is active ("c" or "python").
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from .chunkmap import IMPLEMENTATION
 
 if IMPLEMENTATION == "c":
-    from ._speedups import find_dirent
+    from ._speedups import find_dirent, v5_find_child
 else:
-    from ._dirsearch import find_dirent
+    from ._dirsearch import find_dirent, v5_find_child
 
-__all__ = ["IMPLEMENTATION", "find_dirent"]
+__all__ = ["IMPLEMENTATION", "find_dirent", "v5_find_child"]

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from . import chunkmap
+from . import chunkmap, dirsearch
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
 from .model import (
@@ -347,17 +347,12 @@ class V5Image(Image):
 
     def lookup(self, parent_ino: int, name: bytes) -> Inode | None:
         parent = self._dir_record(parent_ino)
-        lo, hi = 0, parent.child_count
-        while lo < hi:
-            mid = (lo + hi) // 2
-            rec = self._child(parent, mid)
-            if rec.name == name:
-                return self._inode(rec)
-            if rec.name < name:
-                lo = mid + 1
-            else:
-                hi = mid
-        return None
+        k = dirsearch.v5_find_child(self.buf.data, self._itable_off, self._itable_entries,
+                                    parent.child_index, parent.child_count, name)
+        if k < 0:
+            return None
+        rec = self._child(parent, k)  # the whole record, checked
+        return self._inode(rec) if rec.name == name else None
 
     def readdir(self, ino: int, start: int = 0) -> Iterator[tuple[bytes, Inode, int]]:
         parent = self._dir_record(ino)

@@ -110,8 +110,62 @@ def test_finds_every_name_of_a_well_formed_directory(impl):
         impl.find_dirent(buf[:-1], 1, 512, -1, size, 256, 0, names[-1])
 
 
-def test_lookup_in_large_built_directories_matches_the_listing(tmp_path):
-    """20,000 names take ~200 directory blocks; the inline tail is searched too."""
+def v5_table(names: list[bytes], itable_off: int = 64) -> bytes:
+    """A v5 inode table (root "/" then `names`) at itable_off and its records after the
+    superblock: each a 128-byte header with the name size at +100, then the name, 8-aligned."""
+    body = bytearray(8192 + 8)
+    ents = []
+    for name in [b"/", *names]:
+        ents.append(len(body) // 8)
+        hdr = bytearray(128)
+        struct.pack_into("<H", hdr, 100, len(name))
+        body += hdr + name + bytes(-len(name) % 8)
+    table = struct.pack(f"<{len(ents)}I", *ents)
+    body[itable_off:itable_off + len(table)] = table
+    return bytes(body)
+
+
+@st.composite
+def v5_case(draw):
+    names = sorted(set(draw(st.lists(st.binary(min_size=1, max_size=12), max_size=30))))
+    itable_off = draw(st.sampled_from([64, 64, 0, 8190]))
+    buf = bytearray(v5_table(names, min(itable_off, 64)))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 4]))):  # flip bytes, often in the table
+        pos = draw(st.one_of(st.integers(64, 64 + 4 * len(names) + 3),
+                             st.integers(0, len(buf) - 1)))
+        buf[pos] = draw(st.integers(0, 255))
+    cut = draw(st.sampled_from([0, 0, 0, 1, 9, 200]))
+    buf = bytes(buf[:len(buf) - cut])
+    entries = len(names) + 1 + draw(st.sampled_from([0, 0, 0, -1, -len(names) - 1, 5, 1 << 32]))
+    child_index = draw(st.sampled_from([2, 2, 2, 1, 0, 3, 1 << 33]))
+    count = len(names) + draw(st.sampled_from([0, 0, 0, -len(names), 1, 3]))
+    probe = draw(st.sampled_from([*names, b"", b"/", b"\xff" * 13, (names or [b"a"])[0] + b"\0"]))
+    return buf, itable_off, entries, child_index, count, probe
+
+
+@need_c
+@settings(max_examples=3000, deadline=None, database=None)
+@given(case=v5_case())
+def test_v5_twins_agree(case):
+    assert outcome(_speedups.v5_find_child, *case) == outcome(_dirsearch.v5_find_child, *case)
+
+
+@pytest.mark.parametrize("impl", [pytest.param(_dirsearch, id="python"), pytest.param(
+    _speedups, id="c", marks=need_c)])
+def test_v5_finds_every_child(impl):
+    names = sorted({b"n%05d" % (i * 7919 % 100000) for i in range(600)})
+    buf = v5_table(names)
+    for k, name in enumerate(names):
+        assert impl.v5_find_child(buf, 64, len(names) + 1, 2, len(names), name) == k
+    for name in (b"", b"n", b"n0000", b"n999999", b"o", b"/"):
+        assert impl.v5_find_child(buf, 64, len(names) + 1, 2, len(names), name) == -1
+    with pytest.raises(rafs.RafsError, match="bootstrap is too short"):
+        impl.v5_find_child(buf[:-9], 64, len(names) + 1, 2, len(names), names[-1])
+
+
+@pytest.mark.parametrize("version", ["5", "6"])
+def test_lookup_in_large_built_directories_matches_the_listing(tmp_path, version):
+    """20,000 names take ~200 v6 directory blocks (the inline tail is searched too)."""
     src = tmp_path / "src"
     big = src / "big"
     big.mkdir(parents=True)
@@ -120,7 +174,7 @@ def test_lookup_in_large_built_directories_matches_the_listing(tmp_path):
     (src / "small").mkdir()
     (src / "small" / "only").touch()
     out = tmp_path / "img"
-    subprocess.run([str(IMAGE_TOOL), "create", "--fs-version", "6", "--blob-dir", str(out / "b"),
+    subprocess.run([str(IMAGE_TOOL), "create", "--fs-version", version, "--blob-dir", str(out / "b"),
                     "--bootstrap", str(out / "boot"), str(src)], check=True, capture_output=True)
     image = rafs.open_image(out / "boot")
     for d in (b"big", b"small"):
