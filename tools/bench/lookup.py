@@ -5,8 +5,8 @@ then, for 2,000 random 128 KiB ranges of it, times per call:
   - pieces: `image.chunks(ino, offset, 128 KiB)` (v5_pieces / v6_pieces behind it),
   - merge:  `merge_runs(chunks of those pieces, 1 MiB)`, the grouping of a cold read's misses,
   - read:   both, as the daemon does them for a read that must fetch everything;
-and `image.lookup` of 2,000 random names (present, then absent) in a v6 directory of 100,000
-entries (find_dirent behind it).
+and `image.lookup` of 2,000 random names (present, then absent) in a v5 and a v6 directory of
+100,000 entries (v5_find_child / find_dirent behind it).
 Both implementations run in one process, switched by rebinding the functions of `rafs.chunkmap`
 and `rafs.dirsearch` (which the image calls through), in ROUNDS interleaved rounds; the median
 round counts. Results are freed inside the timed loop, as a caller frees them. Then a whole-file
@@ -62,38 +62,41 @@ def dir_name(i: int) -> str:
 
 
 def build_dir() -> None:
-    """A v6 image whose directory d holds DIR_ENTRIES empty files."""
-    if (BASE / "dir-v6/bootstrap").exists():
-        return
+    """v5 and v6 images whose directory d holds DIR_ENTRIES empty files."""
     d = BASE / "dirsrc/d"
-    d.mkdir(parents=True, exist_ok=True)
-    for i in range(DIR_ENTRIES):
-        (d / dir_name(i)).touch()
+    if not d.exists():
+        d.mkdir(parents=True)
+        for i in range(DIR_ENTRIES):
+            (d / dir_name(i)).touch()
     tool = str(Path(sys.executable).parent / "pynydus-image")
-    subprocess.run([tool, "create", "--fs-version", "6", "--blob-dir", str(BASE / "dir-v6/blobs"),
-                    "--bootstrap", str(BASE / "dir-v6/bootstrap"), str(BASE / "dirsrc")],
-                   check=True, capture_output=True)
+    for v in ("5", "6"):
+        if not (BASE / f"dir-v{v}/bootstrap").exists():
+            subprocess.run([tool, "create", "--fs-version", v, "--blob-dir",
+                            str(BASE / f"dir-v{v}/blobs"), "--bootstrap",
+                            str(BASE / f"dir-v{v}/bootstrap"), str(BASE / "dirsrc")],
+                           check=True, capture_output=True)
 
 
 def dir_lookups(impls: dict, times: dict) -> None:
-    """Per-call times of image.lookup in the large directory, hits and misses."""
+    """Per-call times of image.lookup in the large directory, present and absent names."""
     import rafs
     from rafs import dirsearch
 
     rnd = random.Random(9)
     present = [dir_name(rnd.randrange(DIR_ENTRIES)).encode() for _ in range(CALLS)]
     absent = [n[:-4] + b".pyc" for n in present]
-    image = rafs.open_image(BASE / "dir-v6/bootstrap")
-    d = image.lookup(image.root_ino, b"d").ino
-    for _ in range(ROUNDS):
-        for impl, mod in impls.items():
-            dirsearch.find_dirent = mod.find_dirent
-            for what, names in (("present", present), ("absent", absent)):
-                t0 = time.perf_counter()
-                for name in names:
-                    image.lookup(d, name)
-                secs = time.perf_counter() - t0
-                times[impl].setdefault(f"dir {what}", []).append(secs / CALLS * 1e6)
+    for v in ("5", "6"):
+        image = rafs.open_image(BASE / f"dir-v{v}/bootstrap")
+        d = image.lookup(image.root_ino, b"d").ino
+        for _ in range(ROUNDS):
+            for impl, mod in impls.items():
+                dirsearch.find_dirent, dirsearch.v5_find_child = mod.find_dirent, mod.v5_find_child
+                for what, names in (("present", present), ("absent", absent)):
+                    t0 = time.perf_counter()
+                    for name in names:
+                        image.lookup(d, name)
+                    secs = time.perf_counter() - t0
+                    times[impl].setdefault(f"v{v} dir {what}", []).append(secs / CALLS * 1e6)
 
 
 def per_call() -> dict[str, dict[str, float]]:
@@ -139,8 +142,8 @@ def per_call() -> dict[str, dict[str, float]]:
     finally:
         for name in SWITCHED:
             setattr(chunkmap, name, getattr(impls[chunkmap.IMPLEMENTATION], name))
-        dirsearch.find_dirent = (_speedups if chunkmap.IMPLEMENTATION == "c"
-                                 else _dirsearch).find_dirent
+        active = _speedups if chunkmap.IMPLEMENTATION == "c" else _dirsearch
+        dirsearch.find_dirent, dirsearch.v5_find_child = active.find_dirent, active.v5_find_child
     return {impl: {k: statistics.median(v) for k, v in t.items()} for impl, t in times.items()}
 
 
@@ -182,10 +185,10 @@ def main() -> int:
           f"{ROUNDS} interleaved rounds")
     for key in calls["c"]:
         c, py = calls["c"][key], calls["python"][key]
-        print(f"  {key:11s} C {c:8.2f} us   Python {py:8.2f} us   {py / c:5.1f}x")
+        print(f"  {key:15s} C {c:8.2f} us   Python {py:8.2f} us   {py / c:5.1f}x")
     print("whole-file read through BlobStore (localfs, no disk cache), median of 3 alternating runs")
     for key in reads["c"]:
-        print(f"  {key:11s} C {reads['c'][key]:8.1f} MB/s Python {reads['python'][key]:8.1f} MB/s")
+        print(f"  {key:15s} C {reads['c'][key]:8.1f} MB/s Python {reads['python'][key]:8.1f} MB/s")
     v5 = calls["python"]["v5 pieces"] / calls["c"]["v5 pieces"]
     v6 = calls["python"]["v6 pieces"] / calls["c"]["v6 pieces"]
     print(f"speedup {min(v5, v6):.1f}x")
