@@ -5,7 +5,8 @@ through the chunk map and the ci tables -> ChunkPieces), v6_chunk (one v6 chunk)
 (one ci table entry) and merge_runs (the chunks a read must fetch, grouped into runs of adjacent
 compressed ranges), with identical results and identical errors. `chunk_key` (pure Python,
 shared) packs the v6 chunk-map keys both expect. `PYNYDUSD_PUREPYTHON=1` forces the twin;
-`IMPLEMENTATION` says which one is active ("c" or "python").
+`IMPLEMENTATION` says which one is active ("c" or "python"); the C module is used only when it
+has every function of C_FUNCTIONS (rafs.dirsearch makes the same choice).
 """
 
 from __future__ import annotations
@@ -14,19 +15,29 @@ import os
 
 from ._chunkmap import chunk_key
 
-if os.environ.get("PYNYDUSD_PUREPYTHON") == "1":
+# what a build of the C module must provide to be used (an older build lacks the newer ones)
+C_FUNCTIONS = ("ci_entry", "merge_runs", "v5_pieces", "v6_chunk", "v6_pieces", "find_dirent",
+               "v5_find_child")
+
+
+def _c_module():
+    if os.environ.get("PYNYDUSD_PUREPYTHON") == "1":
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None
+    return _speedups if all(hasattr(_speedups, name) for name in C_FUNCTIONS) else None
+
+
+if _c_module() is not None:
+    from ._speedups import ci_entry, merge_runs, v5_pieces, v6_chunk, v6_pieces
+
+    IMPLEMENTATION = "c"
+else:
     from ._chunkmap import ci_entry, merge_runs, v5_pieces, v6_chunk, v6_pieces
 
     IMPLEMENTATION = "python"
-else:
-    try:
-        from ._speedups import ci_entry, merge_runs, v5_pieces, v6_chunk, v6_pieces
-
-        IMPLEMENTATION = "c"
-    except ImportError:
-        from ._chunkmap import ci_entry, merge_runs, v5_pieces, v6_chunk, v6_pieces
-
-        IMPLEMENTATION = "python"
 
 __all__ = ["IMPLEMENTATION", "chunk_key", "ci_entry", "merge_runs", "v5_pieces", "v6_chunk",
            "v6_pieces"]

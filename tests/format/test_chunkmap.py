@@ -341,3 +341,24 @@ def test_merge_runs_survives_a_finaliser_that_empties_its_input():
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "[7,", "6,", "5,", "4,", "3,", "2,", "1,", "0]"]
+
+
+_STALE_BUILD = """
+import sys, types
+stale = types.ModuleType("rafs._speedups")  # an older build: chunk lookup, no directory search
+from rafs import _chunkmap
+for name in ("ci_entry", "merge_runs", "v5_pieces", "v6_chunk", "v6_pieces"):
+    setattr(stale, name, getattr(_chunkmap, name))
+sys.modules["rafs._speedups"] = stale
+from rafs import chunkmap, dirsearch, _dirsearch
+print(chunkmap.IMPLEMENTATION, dirsearch.find_dirent is _dirsearch.find_dirent)
+"""
+
+
+def test_an_incomplete_c_build_is_not_used():
+    """A C module built from older sources lacks newer functions: both selectors then use the
+    pure-Python twins (and say so) rather than failing to import or mixing the two."""
+    r = subprocess.run([sys.executable, "-c", _STALE_BUILD], capture_output=True, text=True,
+                       timeout=60, env=os.environ | {"PYNYDUSD_PUREPYTHON": ""})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["python", "True"]
