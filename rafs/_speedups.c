@@ -1,12 +1,12 @@
-/* rafs._speedups: the hot path of chunk lookup, in C.
+/* rafs._speedups: the hot path of RAFS reads, in C: chunk lookup, fetch runs, directory search.
  *
- * Twin of rafs/_chunkmap.py, which is the reference: same functions, same results, same errors
- * (type and message). v5_pieces cuts a file range into pieces of its v5 chunk records; v6_pieces
- * does it from v6 chunk indexes, resolving each as v6_chunk does: the record found through the
- * chunk map (a dict keyed by chunk_key, see the twin) gives digest and crc, the blob's ci table
- * (when given) offsets, sizes and flags. ci_entry decodes one ci table entry. merge_runs groups
- * chunks into runs of adjacent compressed ranges (twin: rafs/_chunkmap.py too); find_dirent and
- * v5_find_child search a v6 or v5 directory for one name (twins: rafs/_dirsearch.py).
+ * Twin of rafs/_chunkmap.py and rafs/_dirsearch.py, which are the reference: same functions, same
+ * results, same errors (type and message). v5_pieces cuts a file range into pieces of its v5 chunk
+ * records; v6_pieces does it from v6 chunk indexes, resolving each as v6_chunk does: the record
+ * found through the chunk map (a dict keyed by chunk_key, see the twin) gives digest and crc, the
+ * blob's ci table (when given) offsets, sizes and flags. ci_entry decodes one ci table entry.
+ * merge_runs groups chunks into runs of adjacent compressed ranges; find_dirent and v5_find_child
+ * search a v6 or v5 directory for one name (twins in rafs/_dirsearch.py).
  *
  * Every offset and count read from an image, and every position taken from the chunk map, is
  * bounds-checked before use. The module keeps no state: rafs.model's result classes are looked up
@@ -1022,8 +1022,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef_Slot slots[] = {{0, NULL}};
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "rafs._speedups", "C speedups for RAFS chunk lookup.", 0, methods, slots,
-    NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "rafs._speedups",
+    "The C hot path of RAFS: chunk lookup, fetch runs, directory search.", 0, methods, slots, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) { return PyModuleDef_Init(&module); }
