@@ -1,0 +1,128 @@
+"""The C hot path seen through a real pynydusd mount, against the pure-Python twins.
+
+Uses the images `make bench-lookup` builds (tools/bench/lookup.py, under /tmp) from local blobs:
+  - stat() of 2,000 random present names, then 2,000 absent ones, in a v6 directory of 100,000
+    entries (each a kernel lookup the daemon answers: no name repeats within a pass); with the C
+    hot path, with the twins, and with C while prefetch walks the whole tree;
+  - reading the 160 MiB file of 40,960 4 KiB chunks (v5 and v6, lz4) with 128 KiB reads: cold (an
+    empty chunk cache) and warm (the chunk cache full, the kernel's page cache dropped), with C
+    and with the twins.
+`--tree DIR` runs the daemon from another checkout (e.g. an older commit, for a before/after).
+
+    python -m tools.bench.mount_hotpath [--tree DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tools.bench.lookup import BASE, CHUNK, DIR_ENTRIES, FILE_SIZE, READ, build, build_dir, dir_name
+
+CALLS = 2000
+DAEMON = "import sys; sys.argv[0] = 'pynydusd'; from daemon.cli import main; sys.exit(main())"
+
+
+@contextlib.contextmanager
+def mounted(tree: Path, image: str, env: dict[str, str], prefetch: bool, cache: Path):
+    """A pynydusd mount of BASE/image from `tree`'s sources; yields the mountpoint."""
+    with tempfile.TemporaryDirectory(prefix="pynydusd-hotpath-") as tmp:
+        mnt = Path(tmp) / "mnt"
+        mnt.mkdir()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", DAEMON, "--bootstrap", str(BASE / image / "bootstrap"),
+             "--backend", str(BASE / image / "blobs"), "--cache-dir", str(cache),
+             "--prefetch" if prefetch else "--no-prefetch", str(mnt)],
+            env=os.environ | {"PYTHONPATH": str(tree)} | env, cwd=tree,  # -c puts the cwd first
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.ismount(mnt):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"pynydusd did not mount (exit {proc.poll()})")
+                time.sleep(0.05)
+            yield mnt
+        finally:
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+            proc.wait(timeout=20)
+
+
+def stat_names(tree: Path, env: dict[str, str], prefetch: bool) -> tuple[float, float]:
+    """(us per present stat, us per absent stat) on a fresh mount of the large directory."""
+    with tempfile.TemporaryDirectory() as cache, \
+            mounted(tree, "dir-v6", env, prefetch, Path(cache)) as mnt:
+        rnd = random.Random(11)
+        names = [dir_name(i) for i in rnd.sample(range(DIR_ENTRIES), CALLS)]
+        t0 = time.perf_counter()
+        for n in names:
+            os.stat(mnt / "d" / n)
+        t1 = time.perf_counter()
+        for n in names:
+            try:
+                os.stat(mnt / "d" / (n[:-4] + ".pyc"))
+            except FileNotFoundError:
+                pass
+            else:
+                raise SystemExit(f"{n[:-4]}.pyc should not exist")
+        t2 = time.perf_counter()
+    return (t1 - t0) / CALLS * 1e6, (t2 - t1) / CALLS * 1e6
+
+
+def read_file(path: Path) -> float:
+    """MB/s of reading `path` whole in 128 KiB reads, checked against the source file."""
+    want = hashlib.sha256((BASE / "src/big.bin").read_bytes()).digest()
+    h = hashlib.sha256()
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(READ):
+            h.update(block)
+    secs = time.perf_counter() - t0
+    if h.digest() != want:
+        raise SystemExit(f"{path}: wrong bytes")
+    return FILE_SIZE / secs / 1e6
+
+
+def large_file(tree: Path, image: str, env: dict[str, str]) -> tuple[float, float]:
+    """(cold MB/s, warm MB/s) of the large file: an empty chunk cache, then a full one."""
+    with tempfile.TemporaryDirectory() as cache:
+        with mounted(tree, image, env, False, Path(cache)) as mnt:
+            cold = read_file(mnt / "big.bin")
+        with mounted(tree, image, env, False, Path(cache)) as mnt:  # a new daemon: no memory cache
+            Path("/proc/sys/vm/drop_caches").write_text("3")
+            warm = read_file(mnt / "big.bin")
+    return cold, warm
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[2],
+                    help="the checkout whose daemon to run (default: this one)")
+    args = ap.parse_args()
+    build()
+    build_dir()
+    pure = {"PYNYDUSD_PUREPYTHON": "1"}
+    print(f"daemon from {args.tree}")
+    print(f"stat() through the mount, {CALLS} names each, {DIR_ENTRIES:,}-entry v6 directory")
+    for label, env, prefetch in (("C hot path", {}, False), ("pure Python", pure, False),
+                                 ("C, prefetch walking the tree", {}, True)):
+        present, absent = stat_names(args.tree, env, prefetch)
+        print(f"  {label:30s} present {present:7.0f} us   absent {absent:7.0f} us")
+    print(f"reading the {FILE_SIZE >> 20} MiB file of {CHUNK // 1024} KiB chunks, {READ >> 10} KiB "
+          "reads (local blobs)")
+    for v in ("5", "6"):
+        for label, env in (("C hot path", {}), ("pure Python", pure)):
+            cold, warm = large_file(args.tree, f"v{v}", env)
+            print(f"  v{v} {label:27s} cold {cold:7.1f} MB/s   warm {warm:7.1f} MB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
