@@ -1,5 +1,5 @@
-"""Searching a v6 directory for a name: C and pure-Python twins agree, and lookups in large
-directories built by our builder find exactly what a listing shows."""
+"""Searching a v6 or v5 directory for a name: the C and pure-Python twins agree, and lookups in
+large directories built by our builder find exactly what a listing shows."""
 
 from __future__ import annotations
 
