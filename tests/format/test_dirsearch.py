@@ -171,6 +171,8 @@ def test_lookup_in_large_built_directories_matches_the_listing(tmp_path, version
     big.mkdir(parents=True)
     for i in range(20000):
         (big / f"entry-{i * 7919 % 20000:05d}-{'x' * (i % 37)}").touch()
+    for name in ("!x", "-x", "+x", ",x", ".a", "..a", "...", "\x01", "\xff", "\u00e9"):
+        (big / name).touch()  # names that sort before, around and after "." and ".."
     (src / "small").mkdir()
     (src / "small" / "only").touch()
     out = tmp_path / "img"

@@ -1,4 +1,5 @@
-"""Chunk lookup, C vs pure Python, on one large file (`make bench-lookup`).
+"""The C hot path vs its pure-Python twins: chunk lookup, fetch runs, directory search
+(`make bench-lookup`).
 
 Builds (once, under /tmp) a 160 MiB file with 4 KiB chunks (40,960 chunks) as RAFS v5 and v6 (lz4),
 then, for 2,000 random 128 KiB ranges of it, times per call:
@@ -88,6 +89,11 @@ def dir_lookups(impls: dict, times: dict) -> None:
     for v in ("5", "6"):
         image = rafs.open_image(BASE / f"dir-v{v}/bootstrap")
         d = image.lookup(image.root_ino, b"d").ino
+        for mod in impls.values():  # right answers first, from both
+            dirsearch.find_dirent, dirsearch.v5_find_child = mod.find_dirent, mod.v5_find_child
+            if (None in (image.lookup(d, n) for n in present)
+                    or any(image.lookup(d, n) for n in absent)):
+                sys.exit(f"v{v} directory lookups are wrong with {mod.__name__}")
         for _ in range(ROUNDS):
             for impl, mod in impls.items():
                 dirsearch.find_dirent, dirsearch.v5_find_child = mod.find_dirent, mod.v5_find_child

@@ -37,22 +37,29 @@ def mounted(tree: Path, image: str, env: dict[str, str], prefetch: bool, cache: 
     with tempfile.TemporaryDirectory(prefix="pynydusd-hotpath-") as tmp:
         mnt = Path(tmp) / "mnt"
         mnt.mkdir()
+        log = open(Path(tmp) / "daemon.log", "w+")
         proc = subprocess.Popen(
             [sys.executable, "-c", DAEMON, "--bootstrap", str(BASE / image / "bootstrap"),
              "--backend", str(BASE / image / "blobs"), "--cache-dir", str(cache),
              "--prefetch" if prefetch else "--no-prefetch", str(mnt)],
             env=os.environ | {"PYTHONPATH": str(tree)} | env, cwd=tree,  # -c puts the cwd first
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
             while not os.path.ismount(mnt):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"pynydusd did not mount (exit {proc.poll()})")
                 time.sleep(0.05)
+            # the daemon names the implementation it serves with (an older tree may not)
+            want = "python" if env.get("PYNYDUSD_PUREPYTHON") == "1" else "c"
+            said = Path(log.name).read_text()
+            if "chunk lookup: " in said and f"chunk lookup: {want})" not in said:
+                raise SystemExit(f"the daemon does not use the {want} hot path: {said[-300:]}")
             yield mnt
         finally:
             subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
             proc.wait(timeout=20)
+            log.close()
 
 
 def stat_names(tree: Path, env: dict[str, str], prefetch: bool) -> tuple[float, float]:
