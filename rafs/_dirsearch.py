@@ -33,11 +33,13 @@ def find_dirent(buf, nid: int, data_off: int, tail_off: int, size: int, block_si
     if not all(-LIMIT < v < LIMIT for v in (data_off, tail_off, size, block_size)):
         raise RafsError("directory geometry out of range", structure="inode", field="i_size",
                         value=size, offset=inode_off)
-    lo, hi = 0, -(-size // block_size)
+    nblocks = -(-size // block_size)
+    lo, hi = 0, nblocks
     while lo < hi:
         mid = (lo + hi) // 2
-        blk, blen, count = _block(buf, nid, data_off, tail_off, size, block_size, inode_off, mid)
-        where = f"directory {nid} block {mid}"
+        blk, blen, count = _block(buf, nid, data_off, tail_off, size, block_size, inode_off,
+                                  nblocks, mid)
+        where = (nid, mid)
         if name < _name(buf, blk, blen, count, 0, where):
             hi = mid
         elif name > _name(buf, blk, blen, count, count - 1, where):
@@ -61,10 +63,10 @@ def find_dirent(buf, nid: int, data_off: int, tail_off: int, size: int, block_si
 
 
 def _block(buf, nid: int, data_off: int, tail_off: int, size: int, bs: int, inode_off: int,
-           k: int) -> tuple[int, int, int]:
-    """(position, length, entry count) of directory block k, bounds-checked."""
+           nblocks: int, k: int) -> tuple[int, int, int]:
+    """(position, length, entry count) of directory block k of nblocks, bounds-checked."""
     length = min(bs, size - k * bs)
-    if tail_off >= 0 and k == -(-size // bs) - 1:
+    if tail_off >= 0 and k == nblocks - 1:
         if tail_off // bs != (tail_off + length - 1) // bs:
             raise RafsError("inline tail crosses a block boundary", structure="inode",
                             field="i_size", value=size, offset=inode_off)
@@ -73,21 +75,24 @@ def _block(buf, nid: int, data_off: int, tail_off: int, size: int, bs: int, inod
         pos, field = data_off + k * bs, "data block"
     if pos < 0 or pos + length > len(buf):
         raise _short(length, pos, len(buf), "inode", field)
-    where = f"directory {nid} block {k}"
     if length < DIRENT_SIZE:
-        raise RafsError("directory block too short", structure=where, value=length)
+        raise RafsError("directory block too short", structure=f"directory {nid} block {k}",
+                        value=length)
     first = _U16.unpack_from(buf, pos + 8)[0]
     if first % DIRENT_SIZE or first == 0 or first > length:
-        raise RafsError("bad first nameoff", structure=where, field="nameoff", value=first)
+        raise RafsError("bad first nameoff", structure=f"directory {nid} block {k}",
+                        field="nameoff", value=first)
     return pos, length, first // DIRENT_SIZE
 
 
-def _name(buf, blk: int, blen: int, count: int, j: int, where: str) -> bytes:
-    """The name of entry j of the block at blk (the last one ends at its first NUL)."""
+def _name(buf, blk: int, blen: int, count: int, j: int, where: tuple[int, int]) -> bytes:
+    """The name of entry j of the block at blk (the last one ends at its first NUL); `where` is
+    (directory nid, block number), for the error."""
     off = _U16.unpack_from(buf, blk + DIRENT_SIZE * j + 8)[0]
     end = _U16.unpack_from(buf, blk + DIRENT_SIZE * j + 20)[0] if j + 1 < count else blen
     if not count * DIRENT_SIZE <= off < end <= blen:
-        raise RafsError("nameoff out of order or outside the block", structure=where,
+        raise RafsError("nameoff out of order or outside the block",
+                        structure=f"directory {where[0]} block {where[1]}",
                         field=f"dirent[{j}].nameoff", value=off)
     name = bytes(buf[blk + off:blk + end])
     return name.split(b"\0", 1)[0] if j + 1 == count else name
