@@ -13,24 +13,9 @@ from hypothesis import strategies as st
 
 import rafs
 from rafs import _chunkmap, chunkmap
+from tests.format.twins import _speedups, both, need_c, outcome
 
-try:
-    from rafs import _speedups
-except ImportError:  # the optional build failed
-    _speedups = None
-
-IMPLS = [pytest.param(_chunkmap, id="python"),
-         pytest.param(_speedups, id="c", marks=pytest.mark.skipif(
-             _speedups is None, reason="rafs._speedups was not built (no compiler?)"))]
-need_c = pytest.mark.skipif(_speedups is None, reason="rafs._speedups was not built")
-
-
-def outcome(fn, *args):
-    """The result, or the exception's type and message: what both twins must agree on."""
-    try:
-        return ("ok", fn(*args))
-    except Exception as e:  # noqa: BLE001 - comparing whatever happens
-        return ("error", type(e).__name__, str(e))
+IMPLS = both(_chunkmap)
 
 
 def test_implementation_is_reported():

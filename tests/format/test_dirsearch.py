@@ -15,22 +15,9 @@ from hypothesis import strategies as st
 
 import rafs
 from rafs import _dirsearch, dirsearch
+from tests.format.twins import _speedups, both, need_c, outcome
 
-try:
-    from rafs import _speedups
-except ImportError:  # the optional build failed
-    _speedups = None
-
-need_c = pytest.mark.skipif(_speedups is None, reason="rafs._speedups was not built")
 IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
-
-
-def outcome(fn, *args):
-    """The result, or the exception's type and message: what both twins must agree on."""
-    try:
-        return ("ok", fn(*args))
-    except Exception as e:  # noqa: BLE001 - comparing whatever happens
-        return ("error", type(e).__name__, str(e))
 
 
 def dir_blocks(names: list[bytes], bs: int) -> tuple[bytes, int]:
@@ -95,8 +82,7 @@ def test_twins_agree_on_random_bytes(buf, data_off, tail, size, bs, name):
     assert outcome(_speedups.find_dirent, *args) == outcome(_dirsearch.find_dirent, *args)
 
 
-@pytest.mark.parametrize("impl", [pytest.param(_dirsearch, id="python"), pytest.param(
-    _speedups, id="c", marks=need_c)])
+@pytest.mark.parametrize("impl", both(_dirsearch))
 def test_finds_every_name_of_a_well_formed_directory(impl):
     names = sorted({b".", b".."} | {b"n%05d" % (i * 7919 % 100000) for i in range(900)})
     data, size = dir_blocks(names, 256)
@@ -150,8 +136,7 @@ def test_v5_twins_agree(case):
     assert outcome(_speedups.v5_find_child, *case) == outcome(_dirsearch.v5_find_child, *case)
 
 
-@pytest.mark.parametrize("impl", [pytest.param(_dirsearch, id="python"), pytest.param(
-    _speedups, id="c", marks=need_c)])
+@pytest.mark.parametrize("impl", both(_dirsearch))
 def test_v5_finds_every_child(impl):
     names = sorted({b"n%05d" % (i * 7919 % 100000) for i in range(600)})
     buf = v5_table(names)

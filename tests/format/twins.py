@@ -1,0 +1,25 @@
+"""What the tests of the C hot path and its pure-Python twins share."""
+
+from __future__ import annotations
+
+import pytest
+
+try:
+    from rafs import _speedups
+except ImportError:  # the optional build failed
+    _speedups = None
+
+need_c = pytest.mark.skipif(_speedups is None, reason="rafs._speedups was not built (no compiler?)")
+
+
+def both(twin) -> list:
+    """Parameters for a test to run on the pure-Python twin module and on the C module."""
+    return [pytest.param(twin, id="python"), pytest.param(_speedups, id="c", marks=need_c)]
+
+
+def outcome(fn, *args):
+    """The result, or the exception's type and message: what both twins must agree on."""
+    try:
+        return ("ok", fn(*args))
+    except Exception as e:  # noqa: BLE001 - comparing whatever happens
+        return ("error", type(e).__name__, str(e))
