@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -18,6 +21,8 @@ from rafs.localblob import walk
 from tests.format.images import real_images
 from tests.mountutil import BlobServerProc
 from tests.servers import Registry
+
+IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
 
 
 @pytest.fixture
@@ -186,7 +191,7 @@ def test_prefetch_fetches_the_prefetch_table_first_then_everything(tmp_path):
 
     src = make_source(tmp_path)
     out = tmp_path / "img"
-    tool = __import__("sys").executable.rsplit("/", 1)[0] + "/pynydus-image"
+    tool = str(IMAGE_TOOL)
     subprocess.run([tool, "create", "--chunk-size", "0x10000", "--prefetch-policy", "fs",
                     "--blob-dir", str(out / "blobs"), "--bootstrap", str(out / "bootstrap"),
                     str(src)], input=b"/data/random-300k.bin\n", check=True, capture_output=True)
@@ -236,7 +241,7 @@ def test_foreground_reads_do_not_wait_for_a_throttled_prefetch(tmp_path):
 
     src = make_source(tmp_path)
     out = tmp_path / "img"
-    tool = __import__("sys").executable.rsplit("/", 1)[0] + "/pynydus-image"
+    tool = str(IMAGE_TOOL)
     subprocess.run([tool, "create", "--chunk-size", "0x10000", "--blob-dir", str(out / "blobs"),
                     "--bootstrap", str(out / "bootstrap"), str(src)], check=True,
                    capture_output=True)
@@ -280,7 +285,7 @@ def sample_images(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("sample")
     src = make_source(tmp)
-    tool = __import__("sys").executable.rsplit("/", 1)[0] + "/pynydus-image"
+    tool = str(IMAGE_TOOL)
     for v in ("5", "6"):
         subprocess.run([tool, "create", "--fs-version", v, "--chunk-size", "0x10000",
                         "--blob-dir", str(tmp / v / "blobs"), "--bootstrap",
@@ -356,14 +361,12 @@ def test_widening_ramps_up_like_readahead(sample_images, version):
 def test_reading_on_inside_a_file_widens_only_to_that_file(tmp_path, version):
     """A sequential miss inside a file fetches the file's next chunks with it, never the files
     after it in the blob: reading a few files whole costs what they hold (compressed)."""
-    import os
-
     src = tmp_path / "src"
     src.mkdir()
     content = {name: os.urandom(n * 65536) for name, n in (("a", 4), ("b", 1), ("c", 1))}
     for name, data in content.items():
         (src / name).write_bytes(data)
-    tool = __import__("sys").executable.rsplit("/", 1)[0] + "/pynydus-image"
+    tool = str(IMAGE_TOOL)
     subprocess.run([tool, "create", "--fs-version", version, "--chunk-size", "0x10000",
                     "--blob-dir", str(tmp_path / "blobs"), "--bootstrap", str(tmp_path / "boot"),
                     str(src)], check=True, capture_output=True)
