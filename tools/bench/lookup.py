@@ -36,7 +36,20 @@ READ = 128 << 10
 MERGE = 1 << 20
 CALLS = 2000
 ROUNDS = 9
-SWITCHED = ("v5_pieces", "v6_pieces", "v6_chunk", "ci_entry", "merge_runs")
+IMPLS = ("c", "python")
+CHUNK_FUNCS = ("v5_pieces", "v6_pieces", "v6_chunk", "ci_entry", "merge_runs")
+DIR_FUNCS = ("find_dirent", "v5_find_child")
+
+
+def use(impl: str) -> None:
+    """Rebind the functions of rafs.chunkmap and rafs.dirsearch (which the images call through)
+    to the C module ("c") or to the pure-Python twins ("python")."""
+    from rafs import _chunkmap, _dirsearch, _speedups, chunkmap, dirsearch
+
+    for module, twin, names in ((chunkmap, _chunkmap, CHUNK_FUNCS),
+                                (dirsearch, _dirsearch, DIR_FUNCS)):
+        for name in names:
+            setattr(module, name, getattr(_speedups if impl == "c" else twin, name))
 
 
 def build() -> None:
@@ -78,10 +91,9 @@ def build_dir() -> None:
                            check=True, capture_output=True)
 
 
-def dir_lookups(impls: dict, times: dict) -> None:
+def dir_lookups(times: dict) -> None:
     """Per-call times of image.lookup in the large directory, present and absent names."""
     import rafs
-    from rafs import dirsearch
 
     rnd = random.Random(9)
     present = [dir_name(rnd.randrange(DIR_ENTRIES)).encode() for _ in range(CALLS)]
@@ -89,14 +101,14 @@ def dir_lookups(impls: dict, times: dict) -> None:
     for v in ("5", "6"):
         image = rafs.open_image(BASE / f"dir-v{v}/bootstrap")
         d = image.lookup(image.root_ino, b"d").ino
-        for mod in impls.values():  # right answers first, from both
-            dirsearch.find_dirent, dirsearch.v5_find_child = mod.find_dirent, mod.v5_find_child
+        for impl in IMPLS:  # right answers first, from both
+            use(impl)
             if (None in (image.lookup(d, n) for n in present)
                     or any(image.lookup(d, n) for n in absent)):
-                sys.exit(f"v{v} directory lookups are wrong with {mod.__name__}")
+                sys.exit(f"v{v} directory lookups are wrong with the {impl} implementation")
         for _ in range(ROUNDS):
-            for impl, mod in impls.items():
-                dirsearch.find_dirent, dirsearch.v5_find_child = mod.find_dirent, mod.v5_find_child
+            for impl in IMPLS:
+                use(impl)
                 for what, names in (("present", present), ("absent", absent)):
                     t0 = time.perf_counter()
                     for name in names:
@@ -108,17 +120,16 @@ def dir_lookups(impls: dict, times: dict) -> None:
 def per_call() -> dict[str, dict[str, float]]:
     """Median per-call microseconds: {"c"|"python": {"v5 pieces": us, ...}}."""
     import rafs
-    from rafs import _chunkmap, _dirsearch, chunkmap, dirsearch
+    from rafs import chunkmap
     from rafs.localblob import LocalBlobs
 
     try:
-        from rafs import _speedups
+        from rafs import _speedups  # noqa: F401 - only to say it is missing
     except ImportError:
         sys.exit("rafs._speedups is not built: run `make setup` (a C compiler is needed)")
-    impls = {"c": _speedups, "python": _chunkmap}
     rnd = random.Random(7)
     offsets = [rnd.randrange(0, FILE_SIZE - READ) for _ in range(CALLS)]
-    times: dict[str, dict[str, list[float]]] = {impl: {} for impl in impls}
+    times: dict[str, dict[str, list[float]]] = {impl: {} for impl in IMPLS}
     try:
         for v in ("5", "6"):
             image = rafs.open_image(BASE / f"v{v}/bootstrap")
@@ -127,9 +138,8 @@ def per_call() -> dict[str, dict[str, float]]:
             wanted = [[p.chunk for p in image.chunks(ino, off, READ) if p.chunk]
                       for off in offsets]
             for _ in range(ROUNDS):
-                for impl, mod in impls.items():
-                    for name in SWITCHED:
-                        setattr(chunkmap, name, getattr(mod, name))
+                for impl in IMPLS:
+                    use(impl)
                     chunks, merge = image.chunks, chunkmap.merge_runs
                     chunks(ino, 0, READ)
                     t0 = time.perf_counter()
@@ -144,12 +154,9 @@ def per_call() -> dict[str, dict[str, float]]:
                     t3 = time.perf_counter()
                     for what, secs in (("pieces", t1 - t0), ("merge", t2 - t1), ("read", t3 - t2)):
                         times[impl].setdefault(f"v{v} {what}", []).append(secs / CALLS * 1e6)
-        dir_lookups({"c": _speedups, "python": _dirsearch}, times)
+        dir_lookups(times)
     finally:
-        for name in SWITCHED:
-            setattr(chunkmap, name, getattr(impls[chunkmap.IMPLEMENTATION], name))
-        active = _speedups if chunkmap.IMPLEMENTATION == "c" else _dirsearch
-        dirsearch.find_dirent, dirsearch.v5_find_child = active.find_dirent, active.v5_find_child
+        use(chunkmap.IMPLEMENTATION)
     return {impl: {k: statistics.median(v) for k, v in t.items()} for impl, t in times.items()}
 
 
