@@ -5,7 +5,9 @@ Builds (once, under /tmp) a 160 MiB file with 4 KiB chunks (40,960 chunks) as RA
 then, for 2,000 random 128 KiB ranges of it, times per call:
   - pieces: `image.chunks(ino, offset, 128 KiB)` (v5_pieces / v6_pieces behind it),
   - merge:  `merge_runs(chunks of those pieces, 1 MiB)`, the grouping of a cold read's misses,
-  - read:   both, as the daemon does them for a read that must fetch everything;
+  - read:   both, as the daemon does them for a read that must fetch everything,
+  - per piece / call rest: what one more piece costs, and the rest of a call (from chunk-aligned
+    calls of 1 and of 32 pieces); the per-piece ratio is the ceiling of the pieces speedup;
 and `image.lookup` of 2,000 random names (present, then absent) in a v5 and a v6 directory of
 100,000 entries (v5_find_child / find_dirent behind it).
 Both implementations run in one process, switched by rebinding the functions of `rafs.chunkmap`
@@ -129,6 +131,7 @@ def per_call() -> dict[str, dict[str, float]]:
         sys.exit("rafs._speedups is not built: run `make setup` (a C compiler is needed)")
     rnd = random.Random(7)
     offsets = [rnd.randrange(0, FILE_SIZE - READ) for _ in range(CALLS)]
+    aligned = [off // CHUNK * CHUNK for off in offsets]
     times: dict[str, dict[str, list[float]]] = {impl: {} for impl in IMPLS}
     try:
         for v in ("5", "6"):
@@ -154,10 +157,27 @@ def per_call() -> dict[str, dict[str, float]]:
                     t3 = time.perf_counter()
                     for what, secs in (("pieces", t1 - t0), ("merge", t2 - t1), ("read", t3 - t2)):
                         times[impl].setdefault(f"v{v} {what}", []).append(secs / CALLS * 1e6)
+                    for what, us in split(chunks, ino, aligned).items():
+                        times[impl].setdefault(f"v{v} {what}", []).append(us)
         dir_lookups(times)
     finally:
         use(chunkmap.IMPLEMENTATION)
     return {impl: {k: statistics.median(v) for k, v in t.items()} for impl, t in times.items()}
+
+
+def split(chunks, ino: int, aligned: list[int]) -> dict[str, float]:
+    """Where a pieces call spends its time, in microseconds: per piece (the slope between
+    chunk-aligned calls of 1 and of READ // CHUNK pieces) and the rest of a call (the intercept).
+    The per-piece ratio of the two implementations bounds their per-call speedup on long reads."""
+    n = READ // CHUNK
+    t = []
+    for size in (CHUNK, READ):
+        t0 = time.perf_counter()
+        for off in aligned:
+            chunks(ino, off, size)
+        t.append((time.perf_counter() - t0) / CALLS * 1e6)
+    piece = (t[1] - t[0]) / (n - 1)
+    return {"per piece": piece, "call rest": t[0] - piece}
 
 
 def end_to_end() -> None:
@@ -199,6 +219,9 @@ def main() -> int:
     for key in calls["c"]:
         c, py = calls["c"][key], calls["python"][key]
         print(f"  {key:15s} C {c:8.2f} us   Python {py:8.2f} us   {py / c:5.1f}x")
+        if key.endswith("call rest"):
+            print("    (per piece: the slope between aligned 1-piece and "
+                  f"{READ // CHUNK}-piece calls; its ratio bounds the pieces speedup)")
     print("whole-file read through BlobStore (localfs, no disk cache), median of 3 alternating runs")
     for key in reads["c"]:
         print(f"  {key:15s} C {reads['c'][key]:8.1f} MB/s Python {reads['python'][key]:8.1f} MB/s")
