@@ -15,6 +15,7 @@ from typing import NamedTuple
 from . import chunkmap, dirsearch
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
+from .memo import Memo
 from .model import (
     CHUNK_SIZE_MAX,
     CHUNK_SIZE_MIN,
@@ -113,8 +114,8 @@ class V5Image(Image):
     def __init__(self, buf: Buf, path: str) -> None:
         self.buf = buf
         self.path = path
-        self._recs: dict[int, _Rec] = {}
-        self._files: dict[int, _Rec] = {}  # checked regular files
+        self._recs: Memo[int, _Rec] = Memo(INODE_CACHE_MAX)
+        self._files: Memo[int, _Rec] = Memo(INODE_CACHE_MAX)  # checked regular files
         self._read_super()
         self.blobs = self._read_blobs()
         self.prefetch = self._read_prefetch()
@@ -228,10 +229,7 @@ class V5Image(Image):
             if not 1 <= index <= self._itable_entries:
                 raise RafsError("inode index out of range", structure="inode table",
                                 field="index", value=index)
-            rec = self._decode(index)
-            if len(self._recs) >= INODE_CACHE_MAX:
-                self._recs.clear()
-            self._recs[index] = rec
+            rec = self._recs.put(index, self._decode(index))
         return rec
 
     def _decode(self, index: int) -> _Rec:
@@ -428,10 +426,7 @@ class V5Image(Image):
     def chunks(self, ino: int, offset: int, size: int) -> list[ChunkPiece]:
         rec = self._files.get(ino)
         if rec is None:
-            rec = self._regular(ino)
-            if len(self._files) >= INODE_CACHE_MAX:
-                self._files.clear()
-            self._files[ino] = rec
+            rec = self._files.put(ino, self._regular(ino))
         end = min(offset + size, rec.size)
         if offset < 0 or offset >= end:
             return []

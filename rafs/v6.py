@@ -19,6 +19,7 @@ from . import chunkmap, dirsearch
 from .blobmeta import CiTable
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
+from .memo import Memo
 from .model import (
     BLOB_ALIGNED,
     BLOB_BATCH,
@@ -96,11 +97,11 @@ class V6Image(Image):
     def __init__(self, buf: Buf, path: str, *, blob_id_override: str | None = None) -> None:
         self.buf = buf
         self.path = path
-        self._inodes: dict[int, _Ino] = {}
-        self._files: dict[int, tuple[int, int]] = {}  # checked regular files: (idx_off, size)
+        self._inodes: Memo[int, _Ino] = Memo(INODE_CACHE_MAX)
+        self._files: Memo[int, tuple[int, int]] = Memo(INODE_CACHE_MAX)  # checked regular files: (idx_off, size)
         self._parents: dict[int, int] = {}
-        self._dirblocks: dict[tuple[int, int], list[tuple[bytes, int, int]]] = {}
-        self._dir_ends: dict[int, list[int]] = {}  # nid -> entry position after each block
+        self._dirblocks: Memo[tuple[int, int], list[tuple[bytes, int, int]]] = Memo(DIRBLOCK_CACHE_MAX)
+        self._dir_ends: Memo[int, list[int]] = Memo(DIR_ENDS_CACHE_MAX)  # nid -> entry position after each block
         self._chunk_map: dict[int, int] | None = None
         self._chunk_keys: array | None = None  # the chunk map's keys, sorted (by blob, index)
         self._ci: dict[int, CiTable] = {}
@@ -240,10 +241,7 @@ class V6Image(Image):
     def _inode(self, nid: int) -> _Ino:
         ino = self._inodes.get(nid)
         if ino is None:
-            ino = self._decode(nid)
-            if len(self._inodes) >= INODE_CACHE_MAX:
-                self._inodes.clear()
-            self._inodes[nid] = ino
+            ino = self._inodes.put(nid, self._decode(nid))
         return ino
 
     def _decode(self, nid: int) -> _Ino:
@@ -387,19 +385,14 @@ class V6Image(Image):
         key = (ino.nid, k)
         ents = self._dirblocks.get(key)
         if ents is None:
-            ents = self._dirents(ino, k)
-            if len(self._dirblocks) >= DIRBLOCK_CACHE_MAX:
-                self._dirblocks.clear()
-            self._dirblocks[key] = ents
+            ents = self._dirblocks.put(key, self._dirents(ino, k))
         return ents
 
     def readdir(self, ino: int, start: int = 0) -> Iterator[tuple[bytes, Inode, int]]:
         parent = self._dir(ino)
         ends = self._dir_ends.get(ino)
         if ends is None:
-            if len(self._dir_ends) >= DIR_ENDS_CACHE_MAX:
-                self._dir_ends.clear()
-            ends = self._dir_ends[ino] = []
+            ends = self._dir_ends.put(ino, [])
         # resume at the block holding entry `start` without decoding the blocks before it
         first = bisect.bisect_right(ends, start) if start > 0 else 0
         pos = ends[first - 1] if first else 0
@@ -560,9 +553,7 @@ class V6Image(Image):
         f = self._files.get(ino)
         if f is None:
             node, idx_off, _count = self._regular(ino)
-            if len(self._files) >= INODE_CACHE_MAX:
-                self._files.clear()
-            f = self._files[ino] = (idx_off, node.size)
+            f = self._files.put(ino, (idx_off, node.size))
         idx_off, file_size = f
         if offset < 0 or offset >= file_size or size <= 0:
             return []
