@@ -10,7 +10,7 @@ APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv \
             erofs-utils squashfs-tools docker-registry apache2-utils util-linux curl
 PYTEST_ARGS ?=
 
-.PHONY: setup apt test run stop lint fixtures clean dropin bench-lookup fuzz bench bench-quick bench-setup
+.PHONY: setup apt test run stop lint fixtures clean dropin bench-lookup fuzz sanitize bench bench-quick bench-setup
 
 setup: apt $(VENV)/.installed
 
@@ -39,6 +39,12 @@ test: setup
 		--deselect tests/mounted/test_crash_and_load.py::test_32_readers_over_a_slow_server
 	@echo "== a bounded fuzz run of the RAFS readers (make fuzz RUNS=1000000 for a long one)"
 	$(PY) -m tools.fuzz --seconds $(FUZZ_SECONDS) --corpus .fuzz/corpus --artifacts .fuzz/findings
+	@echo "== the C hot path built with AddressSanitizer and UBSan, under its property and hostile-image tests"
+	tools/sanitize.sh
+
+# the C hot path under AddressSanitizer and UndefinedBehaviorSanitizer (part of `make test`)
+sanitize: setup
+	tools/sanitize.sh
 
 FUZZ_SECONDS ?= 20
 RUNS ?= 1000000
@@ -49,7 +55,7 @@ lint: setup
 	$(VENV)/bin/ruff check rafs daemon tools tests fixtures
 
 clean:
-	rm -rf $(VENV) build dist fixtures/build *.egg-info
+	rm -rf $(VENV) build dist fixtures/build *.egg-info .sanitize
 
 # ---- sample image, demo mount, drop-in ------------------------------------------------------
 SAMPLE := fixtures/build/sample-v6
