@@ -3,8 +3,9 @@ results, same errors; `rafs.chunkmap` picks one of the two).
 
 v5_pieces cuts a byte range of a v5 file into pieces of its 80-byte chunk records. v6_pieces does
 the same for a v6 file from its 8-byte chunk indexes, resolving each index with v6_chunk: the
-bootstrap's chunk table record (found through a chunk map keyed by `chunk_key`) gives the digest
-and crc, the blob's ci table (when attached) the offsets, sizes and compression flag. ci_entry
+bootstrap's chunk table record (found through a chunk map keyed by `chunk_key`, which chunk_map
+builds) gives the digest and crc, the blob's ci table (when attached) the offsets, sizes and
+compression flag. ci_entry
 decodes one ci table entry. merge_runs groups the chunks a read must fetch into runs that one
 range request each can fetch.
 """
@@ -18,6 +19,7 @@ from .errors import RafsError, UnsupportedImageError
 from .model import CHUNK_COMPRESSED, CHUNK_HAS_CRC32, ChunkInfo, ChunkPiece
 
 _REC = struct.Struct("<32sIIIIQQQII")
+_KEY_FIELDS = struct.Struct("<32xI20xQ8xI4x")  # blob_index, uncompressed_offset, index of a record
 _IDX = struct.Struct("<HHI")
 _V1 = struct.Struct("<QQ")
 _V2 = struct.Struct("<QQQ")
@@ -41,6 +43,31 @@ def chunk_key(blob: int, chunk_index: int, blkaddr: int) -> int | None:
     if 0 <= blob <= 0xFF and 0 <= chunk_index <= 0xFF_FFFF and 0 <= blkaddr <= 0xFFFF_FFFF:
         return blob << 56 | chunk_index << 32 | blkaddr
     return None
+
+
+def chunk_map(buf, off: int, size: int, block_size: int) -> dict[int, int]:
+    """chunk_key(blob, chunk index, block address) -> position of its record in the v6 chunk table
+    of `size` bytes at `off` (80-byte records, sorted by digest). Records no chunk index can name
+    are left out; of equal keys the last record wins. The map is filled in key order, creating each
+    key and position int then, so that the chunks of one read sit close together in memory."""
+    have = len(buf)
+    if off < 0 or size < 0 or off + size > have:
+        raise _short("chunk table", off, size, have)
+    if size % 80:
+        raise RafsError("chunk table size is not a multiple of 80", structure="chunk table",
+                        field="size", value=size, offset=off)
+    if block_size <= 0:
+        raise RafsError("bad block size", structure="chunk table", field="block_size",
+                        value=block_size)
+    rows = []
+    pos = off
+    for blob, d_off, c_index in _KEY_FIELDS.iter_unpack(memoryview(buf)[off:off + size]):
+        blkaddr = d_off // block_size
+        if blob <= 0xFF and c_index <= 0xFF_FFFF and blkaddr <= 0xFFFF_FFFF:
+            rows.append((blob << 56 | c_index << 32 | blkaddr, pos))
+        pos += 80
+    rows.sort()
+    return dict(rows)  # a key's place is its first row, its value the last
 
 
 def v5_pieces(buf, records_off: int, count: int, chunk_size: int, file_size: int,

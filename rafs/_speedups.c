@@ -4,7 +4,8 @@
  * results, same errors (type and message). v5_pieces cuts a file range into pieces of its v5 chunk
  * records; v6_pieces does it from v6 chunk indexes, resolving each as v6_chunk does: the record
  * found through the chunk map (a dict keyed by chunk_key, see the twin) gives digest and crc, the
- * blob's ci table (when given) offsets, sizes and flags. ci_entry decodes one ci table entry.
+ * blob's ci table (when given) offsets, sizes and flags; chunk_map builds that map from the
+ * bootstrap's chunk table. ci_entry decodes one ci table entry.
  * merge_runs groups chunks into runs of adjacent compressed ranges; find_dirent and v5_find_child
  * search a v6 or v5 directory for one name (twins in rafs/_dirsearch.py).
  *
@@ -668,6 +669,95 @@ static void raise_short_field(long long need, long long pos, Py_ssize_t have, co
     raise_rafs(msg, structure, field, NULL, off);
 }
 
+/* -- v6 chunk map --------------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t key;
+    long long pos;
+} KeyPos;
+
+/* Sort rows[0..n) by key, keeping rows of equal keys in their order: an LSD radix sort, a byte at
+ * a time, skipping the bytes every key shares (a blob index or the top of the chunk indexes).
+ * Returns the sorted array (rows or a new one, the other freed), or NULL when out of memory. */
+static KeyPos *sort_rows(KeyPos *rows, Py_ssize_t n) {
+    KeyPos *a = rows, *b = PyMem_New(KeyPos, n);
+    if (!b) {
+        PyMem_Free(rows);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (int shift = 0; shift < 64; shift += 8) {
+        Py_ssize_t count[257] = {0};
+        for (Py_ssize_t i = 0; i < n; i++) count[((a[i].key >> shift) & 0xFF) + 1]++;
+        if (count[((a[0].key >> shift) & 0xFF) + 1] == n) continue;
+        for (int d = 0; d < 256; d++) count[d + 1] += count[d];
+        for (Py_ssize_t i = 0; i < n; i++) b[count[(a[i].key >> shift) & 0xFF]++] = a[i];
+        KeyPos *t = a;
+        a = b, b = t;
+    }
+    PyMem_Free(b);
+    return a;
+}
+
+/* chunk_map(buf, off, size, block_size): chunk_key -> position of each 80-byte record of the chunk
+ * table at [off, off+size), filled in key order; records no chunk index can name are left out, and
+ * of equal keys the last record wins (see the twin). The records are read into a C array first,
+ * so no Python code runs while the buffer is read. */
+static PyObject *chunk_map(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[3];
+    if (check_nargs("chunk_map", nargs, 4) < 0 || ll_args(args + 1, 3, a) < 0) return NULL;
+    long long off = a[0], size = a[1], bs = a[2];
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *m = NULL;
+    KeyPos *rows = NULL;
+    if (off < 0 || size < 0 || size > view.len || off > view.len - size) {
+        raise_short("chunk table", off, size, view.len);
+        goto done;
+    }
+    if (size % REC_SIZE) {
+        raise_rafs(PyUnicode_FromString("chunk table size is not a multiple of 80"), "chunk table", "size",
+                   PyLong_FromLongLong(size), PyLong_FromLongLong(off));
+        goto done;
+    }
+    if (bs <= 0) {
+        raise_rafs(PyUnicode_FromString("bad block size"), "chunk table", "block_size", PyLong_FromLongLong(bs),
+                   NULL);
+        goto done;
+    }
+    Py_ssize_t n = (Py_ssize_t)(size / REC_SIZE), k = 0;
+    if (n && !(rows = PyMem_New(KeyPos, n))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const unsigned char *r = (const unsigned char *)view.buf + off;
+    for (Py_ssize_t i = 0; i < n; i++, r += REC_SIZE) {
+        uint32_t blob = rd32(r + 32), c_index = rd32(r + 72);
+        uint64_t blkaddr = rd64(r + 56) / (uint64_t)bs;
+        if (blob <= 0xFF && c_index <= 0xFFFFFF && blkaddr <= 0xFFFFFFFFULL) {
+            rows[k].key = (uint64_t)blob << 56 | (uint64_t)c_index << 32 | blkaddr;
+            rows[k++].pos = off + (long long)i * REC_SIZE;
+        }
+    }
+    if (k > 1 && !(rows = sort_rows(rows, k))) goto done; /* rows were made in record order */
+    if (!(m = PyDict_New())) goto done;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *key = unum(rows[i].key), *pos = key ? PyLong_FromLongLong(rows[i].pos) : NULL;
+        int err = !pos || PyDict_SetItem(m, key, pos) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(pos);
+        if (err) {
+            Py_CLEAR(m);
+            break;
+        }
+    }
+done:
+    PyMem_Free(rows);
+    PyBuffer_Release(&view);
+    return m;
+}
+
 /* -- v6 directories ------------------------------------------------------------------------------ */
 
 #define DIRENT_SIZE 12
@@ -1014,6 +1104,8 @@ static PyMethodDef methods[] = {
     {"v5_find_child", (PyCFunction)(void (*)(void))v5_find_child, METH_FASTCALL,
      "v5_find_child(buf, itable_off, itable_entries, child_index, child_count, name)\n--\n\n"
      "The position of one name among the children of a RAFS v5 directory, or -1."},
+    {"chunk_map", (PyCFunction)(void (*)(void))chunk_map, METH_FASTCALL,
+     "chunk_map(buf, off, size, block_size)\n--\n\nchunk_key -> record position for a RAFS v6 chunk table."},
     {"ci_entry", (PyCFunction)(void (*)(void))ci_entry, METH_FASTCALL,
      "ci_entry(data, version, count, index)\n--\n\nOne entry of a blob's ci table (v1 or v2)."},
     {NULL, NULL, 0, NULL},

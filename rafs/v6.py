@@ -527,23 +527,11 @@ class V6Image(Image):
         return node, idx_off, count
 
     def _chunk_map_get(self) -> dict[int, int]:
-        """chunk_key(blob, chunk index, block address) -> position of its chunk table record;
-        records no chunk index can name are left out, and of equal keys the last record wins.
-        The table is sorted by digest: the map is filled in key order, creating each key and
-        position int then, so that the chunks of one read sit close together in memory."""
+        """chunk_key(blob, chunk index, block address) -> position of its chunk table record
+        (`chunkmap.chunk_map`), built on first use."""
         if self._chunk_map is None:
             off, size = self._chunk_table
-            self.buf.check(off, size, "chunk table")
-            bs, table = self.block_size, memoryview(self.buf.data)[off:off + size]
-            rows = sorted((blob, c_index, d_off // bs, i) for i, (
-                _digest, blob, _f, _cs, _ds, _co, d_off, _fo, c_index, _crc) in enumerate(
-                    _CHUNK_REC.iter_unpack(table)))
-            m = {}
-            for blob, c_index, blkaddr, i in rows:
-                k = chunkmap.chunk_key(blob, c_index, blkaddr)
-                if k is not None:
-                    m[k] = off + 80 * i
-            self._chunk_map = m
+            self._chunk_map = chunkmap.chunk_map(self.buf.data, off, size, self.block_size)
         return self._chunk_map
 
     def file_chunks(self, ino: int) -> list[ChunkInfo]:

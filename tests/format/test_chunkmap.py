@@ -236,6 +236,60 @@ def test_chunk_key():
                                               (-1, 0, 0))] == [None] * 4
 
 
+def _table_rec(blob: int, c_index: int, d_off: int) -> bytes:
+    return struct.pack("<32sIIIIQQQII", bytes(32), blob, 0, 1, 1, 0, d_off, 0, c_index, 0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_chunk_map_keys_every_nameable_record_in_key_order(impl):
+    bs, off = 0x1000, 24
+    recs = [(1, 2, 3 * bs), (0, 5, 0), (1, 2, 3 * bs + 5),  # the same key as the first: last wins
+            (0x100, 0, 0), (0, 1 << 24, 0), (0, 0, bs << 32),  # blob, index, block: too wide
+            (0xFF, 0xFF_FFFF, 0xFFFF_FFFF * bs), (0x80, 0, bs)]  # keys of 64 bits
+    buf = bytes(off) + b"".join(_table_rec(*r) for r in recs) + bytes(7)
+    m = impl.chunk_map(buf, off, 80 * len(recs), bs)
+    assert list(m.items()) == [(5 << 32, off + 80), (1 << 56 | 2 << 32 | 3, off + 160),
+                               (0x80 << 56 | 1, off + 560), ((1 << 64) - 1, off + 480)]
+    assert impl.chunk_map(buf, off, 0, bs) == {}
+    for args, message in (((off, 80 * len(recs) + 80, bs), "bootstrap is too short"),
+                          ((-1, 80, bs), "bootstrap is too short"),
+                          ((off, 81, bs), "not a multiple of 80"),
+                          ((off, 80, 0), "bad block size")):
+        with pytest.raises(rafs.RafsError, match=message):
+            impl.chunk_map(buf, *args)
+
+
+def _ordered(fn):
+    return lambda *args: list(fn(*args).items())
+
+
+@need_c
+@settings(max_examples=1500, deadline=None, database=None)
+@given(recs=st.lists(st.tuples(st.sampled_from([0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 1 << 31]),
+                               st.sampled_from([0, 1, 2, 0xFF_FFFF, 1 << 24, 0xFFFF_FFFF]),
+                               st.sampled_from([0, 1, 0x1000, 0x2001, 0xFFF_FFFF_F000,
+                                                0x1000_0000_0000, (1 << 64) - 1])), max_size=12),
+       junk=st.binary(max_size=90), off=st.integers(-2, 100), extra=st.integers(-90, 90),
+       bs=st.sampled_from([0x1000, 0x1000, 0x200, 1, 0, -1]))
+def test_chunk_map_twins_agree(recs, junk, off, extra, bs):
+    buf = junk[:max(off, 0)] + b"".join(_table_rec(*r) for r in recs) + junk
+    args = (buf, off, 80 * len(recs) + extra, bs)
+    assert outcome(_ordered(_speedups.chunk_map), *args) == \
+        outcome(_ordered(_chunkmap.chunk_map), *args)
+
+
+@need_c
+def test_chunk_map_of_real_images(nydus_fixtures):
+    images = [nydus_fixtures / "v6-zstd/bootstrap",
+              *sorted((nydus_fixtures / "v6-blob-with-inline-bootstrap/blobs").iterdir())]
+    for path in images:
+        image = rafs.open_image(path)
+        off, size = image._chunk_table
+        assert size > 0
+        args = (image.buf.data, off, size, image.block_size)
+        assert list(_speedups.chunk_map(*args).items()) == list(_chunkmap.chunk_map(*args).items())
+
+
 @need_c
 @settings(max_examples=1500, deadline=None, database=None)
 @given(data=st.binary(max_size=300), version=st.sampled_from([1, 2]), count=st.integers(0, 20),

@@ -7,7 +7,8 @@ then, for 2,000 random 128 KiB ranges of it, times per call:
   - merge:  `merge_runs(chunks of those pieces, 1 MiB)`, the grouping of a cold read's misses,
   - read:   both, as the daemon does them for a read that must fetch everything,
   - per piece / call rest: what one more piece costs, and the rest of a call (from chunk-aligned
-    calls of 1 and of 32 pieces); the per-piece ratio is the ceiling of the pieces speedup;
+    calls of 1 and of 32 pieces); the per-piece ratio is the ceiling of the pieces speedup,
+  - chunk map: building the v6 chunk map from the chunk table (once per mount, at the first read);
 and `image.lookup` of 2,000 random names (present, then absent) in a v5 and a v6 directory of
 100,000 entries (v5_find_child / find_dirent behind it).
 Both implementations run in one process, switched by rebinding the functions of `rafs.chunkmap`
@@ -39,7 +40,7 @@ MERGE = 1 << 20
 CALLS = 2000
 ROUNDS = 9
 IMPLS = ("c", "python")
-CHUNK_FUNCS = ("v5_pieces", "v6_pieces", "v6_chunk", "ci_entry", "merge_runs")
+CHUNK_FUNCS = ("v5_pieces", "v6_pieces", "v6_chunk", "ci_entry", "merge_runs", "chunk_map")
 DIR_FUNCS = ("find_dirent", "v5_find_child")
 
 
@@ -159,6 +160,12 @@ def per_call() -> dict[str, dict[str, float]]:
                         times[impl].setdefault(f"v{v} {what}", []).append(secs / CALLS * 1e6)
                     for what, us in split(chunks, ino, aligned).items():
                         times[impl].setdefault(f"v{v} {what}", []).append(us)
+                    if v == "6":  # building the chunk map (once per mount, at the first read)
+                        off, size = image._chunk_table
+                        t0 = time.perf_counter()
+                        chunkmap.chunk_map(image.buf.data, off, size, image.block_size)
+                        times[impl].setdefault(f"v6 chunk map ({size // 80:,} records)", []).append(
+                            (time.perf_counter() - t0) * 1e6)
         dir_lookups(times)
     finally:
         use(chunkmap.IMPLEMENTATION)
@@ -216,15 +223,16 @@ def main() -> int:
     print(f"{CHUNK // 1024} KiB chunks, {FILE_SIZE >> 20} MiB file, {CALLS} random {READ >> 10} KiB "
           f"ranges; {CALLS} names in a {DIR_ENTRIES:,}-entry directory; per call: median of "
           f"{ROUNDS} interleaved rounds")
+    width = max(map(len, calls["c"]))
     for key in calls["c"]:
         c, py = calls["c"][key], calls["python"][key]
-        print(f"  {key:15s} C {c:8.2f} us   Python {py:8.2f} us   {py / c:5.1f}x")
+        print(f"  {key:{width}s} C {c:9.2f} us   Python {py:9.2f} us   {py / c:5.1f}x")
         if key.endswith("call rest"):
             print("    (per piece: the slope between aligned 1-piece and "
                   f"{READ // CHUNK}-piece calls; its ratio bounds the pieces speedup)")
     print("whole-file read through BlobStore (localfs, no disk cache), median of 3 alternating runs")
     for key in reads["c"]:
-        print(f"  {key:15s} C {reads['c'][key]:8.1f} MB/s Python {reads['python'][key]:8.1f} MB/s")
+        print(f"  {key:{width}s} C {reads['c'][key]:9.1f} MB/s Python {reads['python'][key]:9.1f} MB/s")
     v5 = calls["python"]["v5 pieces"] / calls["c"]["v5 pieces"]
     v6 = calls["python"]["v6 pieces"] / calls["c"]["v6 pieces"]
     print(f"speedup {min(v5, v6):.1f}x")

@@ -7,6 +7,8 @@ Uses the images `make bench-lookup` builds (tools/bench/lookup.py, under /tmp) f
   - reading the 160 MiB file of 40,960 4 KiB chunks (v5 and v6, lz4) with 128 KiB reads: cold (an
     empty chunk cache) and warm (the chunk cache full, the kernel's page cache dropped), with C
     and with the twins.
+  - the first read after mounting an image of MANY_CHUNKS chunks (100,000 small files): the
+    time to read one file of it, which includes building the v6 chunk map from the chunk table.
 `--tree DIR` runs the daemon from another checkout (e.g. an older commit, for a before/after).
 
     python -m tools.bench.mount_hotpath [--tree DIR]
@@ -108,6 +110,40 @@ def large_file(tree: Path, image: str, env: dict[str, str]) -> tuple[float, floa
     return cold, warm
 
 
+MANY_CHUNKS = 100_000
+
+
+def build_many_chunks() -> None:
+    """A v6 image of MANY_CHUNKS files of distinct bytes, one chunk each, in 100 directories."""
+    src = BASE / "chunksrc"
+    if not (src / "done").exists():
+        for i in range(MANY_CHUNKS):
+            d = src / f"d{i % 100:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"f{i:06d}").write_bytes(f"file {i}\n".encode() * 8)
+        (src / "done").touch()
+    if not (BASE / "chunks-v6/bootstrap").exists():
+        subprocess.run([str(Path(sys.executable).parent / "pynydus-image"), "create",
+                        "--fs-version", "6", "--compressor", "lz4_block", "--blob-dir",
+                        str(BASE / "chunks-v6/blobs"), "--bootstrap",
+                        str(BASE / "chunks-v6/bootstrap"), str(src)], check=True)
+
+
+def first_read(tree: Path, env: dict[str, str], rounds: int = 5) -> float:
+    """Median milliseconds to read one file right after mounting the many-chunk image."""
+    times = []
+    for r in range(rounds):
+        with tempfile.TemporaryDirectory() as cache, \
+                mounted(tree, "chunks-v6", env, False, Path(cache)) as mnt:
+            i = 7919 * (r + 1) % MANY_CHUNKS
+            t0 = time.perf_counter()
+            data = (mnt / f"d{i % 100:02d}/f{i:06d}").read_bytes()
+            times.append((time.perf_counter() - t0) * 1e3)
+            if data != f"file {i}\n".encode() * 8:
+                raise SystemExit("first read: wrong bytes")
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[2],
@@ -128,6 +164,10 @@ def main() -> int:
         for label, env in (("C hot path", {}), ("pure Python", pure)):
             cold, warm = large_file(args.tree, f"v{v}", env)
             print(f"  v{v} {label:27s} cold {cold:7.1f} MB/s   warm {warm:7.1f} MB/s")
+    build_many_chunks()
+    print(f"the first read after mounting a v6 image of {MANY_CHUNKS:,} chunks (median of 5 mounts)")
+    for label, env in (("C hot path", {}), ("pure Python", pure)):
+        print(f"  {label:30s} {first_read(args.tree, env):7.1f} ms")
     return 0
 
 
