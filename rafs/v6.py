@@ -182,7 +182,7 @@ class V6Image(Image):
         self.compressor = compressor_from_flags(flags)
         self.digester = digester_from_flags(flags)
         self._blob_table = (bt_off, bt_size)
-        self._chunk_table = (ct_off, ct_size)
+        self._chunk_table = (ct_off if ct_size else 0, ct_size)  # an empty table's offset is unchecked
         self._prefetch_table = (pt_off, pt_size)
 
     def _read_blobs(self, override: str | None) -> list[BlobInfo]:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import rafs
 from rafs import _chunkmap, chunkmap
-from tests.format.twins import _speedups, both, need_c, outcome
+from tests.format.twins import _speedups, both, examples, need_c, outcome
 
 IMPLS = both(_chunkmap)
 
@@ -54,7 +54,7 @@ def test_v5_pieces_on_a_well_formed_table(impl):
 
 
 @need_c
-@settings(max_examples=1500, deadline=None, database=None)
+@settings(max_examples=examples(1500), deadline=None, database=None)
 @given(buf=st.binary(max_size=600), rec_off=st.integers(0, 700), count=st.integers(0, 40),
        cs=st.sampled_from([1, 7, 0x1000, 0x10000]), fsize=st.integers(0, 1 << 20),
        nblobs=st.integers(0, 3), offset=st.integers(0, 1 << 20), size=st.integers(0, 1 << 18))
@@ -153,7 +153,7 @@ def v6_case(draw):
 
 
 @need_c
-@settings(max_examples=1000, deadline=None, database=None)
+@settings(max_examples=examples(1000), deadline=None, database=None)
 @given(case=v6_case(), tail=st.sampled_from([0, 0, 1, 0x800, _CS - 1]), data=st.data(),
        cs=st.sampled_from([_CS] * 5 + [1, 0x100000, 0]))
 def test_v6_pieces_twins_agree(case, tail, data, cs):
@@ -166,7 +166,7 @@ def test_v6_pieces_twins_agree(case, tail, data, cs):
 
 
 @need_c
-@settings(max_examples=1000, deadline=None, database=None)
+@settings(max_examples=examples(1000), deadline=None, database=None)
 @given(case=v6_case(), data=st.data(), want=st.sampled_from([_CS, _CS, 1, 100, 0, -1]),
        where=st.sampled_from([-1, 0, 8]))
 def test_v6_chunk_twins_agree(case, data, want, where):
@@ -182,7 +182,7 @@ def test_v6_chunk_twins_agree(case, data, want, where):
 
 
 @need_c
-@settings(max_examples=1500, deadline=None, database=None)
+@settings(max_examples=examples(1500), deadline=None, database=None)
 @given(buf=st.binary(max_size=400), idx_off=st.integers(-10, 500),
        cs=st.sampled_from([1, 0x1000, 0x100000]), fsize=st.integers(0, 1 << 24),
        offset=st.integers(0, 1 << 24), size=st.integers(0, 1 << 22),
@@ -251,6 +251,12 @@ def test_chunk_map_keys_every_nameable_record_in_key_order(impl):
     assert list(m.items()) == [(5 << 32, off + 80), (1 << 56 | 2 << 32 | 3, off + 160),
                                (0x80 << 56 | 1, off + 560), ((1 << 64) - 1, off + 480)]
     assert impl.chunk_map(buf, off, 0, bs) == {}
+    # keys that differ in their lowest byte only (the sort makes one pass): equal keys stay in
+    # record order, so the last record's position is the value
+    recs = [(0, 0, bs), (0, 0, 2 * bs), (0, 0, bs), (0, 0, 0), (0, 0, 2 * bs), (0, 0, bs)]
+    buf = bytes(off) + b"".join(_table_rec(*r) for r in recs)
+    assert list(impl.chunk_map(buf, off, 80 * len(recs), bs).items()) == [
+        (0, off + 240), (1, off + 400), (2, off + 320)]
     for args, message in (((off, 80 * len(recs) + 80, bs), "bootstrap is too short"),
                           ((-1, 80, bs), "bootstrap is too short"),
                           ((off, 81, bs), "not a multiple of 80"),
@@ -263,16 +269,21 @@ def _ordered(fn):
     return lambda *args: list(fn(*args).items())
 
 
+_REC_FIELDS = st.tuples(st.sampled_from([0, 0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 1 << 31]),
+                        st.sampled_from([0, 0, 1, 2, 0x100, 0xFF_FFFF, 1 << 24, 0xFFFF_FFFF]),
+                        st.sampled_from([0, 1, 0x1000, 0x2001, 0x10_0000, 0xFFF_FFFF_F000,
+                                         0x1000_0000_0000, (1 << 64) - 1]))
+
+
 @need_c
-@settings(max_examples=1500, deadline=None, database=None)
-@given(recs=st.lists(st.tuples(st.sampled_from([0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 1 << 31]),
-                               st.sampled_from([0, 1, 2, 0xFF_FFFF, 1 << 24, 0xFFFF_FFFF]),
-                               st.sampled_from([0, 1, 0x1000, 0x2001, 0xFFF_FFFF_F000,
-                                                0x1000_0000_0000, (1 << 64) - 1])), max_size=12),
-       junk=st.binary(max_size=90), off=st.integers(-2, 100), extra=st.integers(-90, 90),
-       bs=st.sampled_from([0x1000, 0x1000, 0x200, 1, 0, -1]))
+@settings(max_examples=examples(1500), deadline=None, database=None)
+@given(recs=st.lists(_REC_FIELDS, max_size=12).flatmap(  # with records repeated: equal keys
+           lambda r: st.lists(st.sampled_from(r), max_size=40) if r else st.just(r)),
+       junk=st.binary(max_size=90), off=st.integers(-2, 100),
+       extra=st.sampled_from([0] * 12 + [-81, -80, -1, 1, 79, 80, 90]),
+       bs=st.sampled_from([0x1000] * 9 + [0x200, 1, 0, -1]))
 def test_chunk_map_twins_agree(recs, junk, off, extra, bs):
-    buf = junk[:max(off, 0)] + b"".join(_table_rec(*r) for r in recs) + junk
+    buf = junk.ljust(max(off, 0), b"\0")[:max(off, 0)] + b"".join(_table_rec(*r) for r in recs) + junk
     args = (buf, off, 80 * len(recs) + extra, bs)
     assert outcome(_ordered(_speedups.chunk_map), *args) == \
         outcome(_ordered(_chunkmap.chunk_map), *args)
@@ -291,7 +302,7 @@ def test_chunk_map_of_real_images(nydus_fixtures):
 
 
 @need_c
-@settings(max_examples=1500, deadline=None, database=None)
+@settings(max_examples=examples(1500), deadline=None, database=None)
 @given(data=st.binary(max_size=300), version=st.sampled_from([1, 2]), count=st.integers(0, 20),
        index=st.integers(-3, 25))
 def test_ci_twins_agree(data, version, count, index):
@@ -338,7 +349,7 @@ _U64 = (1 << 64) - 1
 
 
 @need_c
-@settings(max_examples=3000, deadline=None, database=None)
+@settings(max_examples=examples(3000), deadline=None, database=None)
 @given(spans=st.lists(st.tuples(st.integers(0, 2), st.sampled_from([0, 10, 20, 30, 40, _U64 - 5]),
                                 st.sampled_from([0, 1, 10, 20, _U64])), max_size=70),
        dup=st.booleans(), max_size=st.sampled_from([-1, 0, 10, 20, 35, 1 << 62]))

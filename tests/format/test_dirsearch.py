@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import rafs
 from rafs import _dirsearch, dirsearch
-from tests.format.twins import _speedups, both, need_c, outcome
+from tests.format.twins import _speedups, both, examples, need_c, outcome
 
 IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
 
@@ -64,7 +64,7 @@ def dir_case(draw):
 
 
 @need_c
-@settings(max_examples=3000, deadline=None, database=None)
+@settings(max_examples=examples(3000), deadline=None, database=None)
 @given(case=dir_case(), nid=st.integers(0, 1 << 40), inode_off=st.integers(0, 1 << 20))
 def test_twins_agree(case, nid, inode_off):
     buf, data_off, tail, size, bs, name = case
@@ -73,7 +73,7 @@ def test_twins_agree(case, nid, inode_off):
 
 
 @need_c
-@settings(max_examples=1500, deadline=None, database=None)
+@settings(max_examples=examples(1500), deadline=None, database=None)
 @given(buf=st.binary(max_size=300), data_off=st.integers(-5, 300), tail=st.integers(-2, 300),
        size=st.integers(-1, 400), bs=st.sampled_from([0, 1, 12, 13, 64, 4096, -1, 1 << 57]),
        name=st.binary(max_size=6))
@@ -130,7 +130,7 @@ def v5_case(draw):
 
 
 @need_c
-@settings(max_examples=3000, deadline=None, database=None)
+@settings(max_examples=examples(3000), deadline=None, database=None)
 @given(case=v5_case())
 def test_v5_twins_agree(case):
     assert outcome(_speedups.v5_find_child, *case) == outcome(_dirsearch.v5_find_child, *case)

@@ -9,9 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rafs
+from rafs import _chunkmap, chunkmap
 from rafs.buf import Buf
+from rafs.localblob import walk
 from rafs.v5 import V5Image
-from rafs.v6 import V6Image
+from rafs.v6 import EXT_SUPER_OFF, V6Image
+from tests.format.twins import both
 from tools.fuzz.walk import exercise
 
 
@@ -128,3 +131,17 @@ def test_v6_dirent_cycle_is_rejected(nydus_fixtures):
     struct.pack_into("<Q", data, root_off + 64 + pos, image.root_ino)
     with pytest.raises(rafs.RafsError, match=r"cycle|parent|not a regular|disagree"):
         exercise(open_bytes(bytes(data)))
+
+
+@pytest.mark.parametrize("impl", both(_chunkmap))
+@pytest.mark.parametrize("ct_off", [1 << 63, (1 << 64) - 1, 5])
+def test_v6_empty_chunk_table_at_any_offset(nydus_fixtures, monkeypatch, impl, ct_off):
+    # an empty chunk table's offset is not checked at open; the first read must still give a
+    # RafsError (no record for the chunk), never an OverflowError from the C hot path
+    monkeypatch.setattr(chunkmap, "chunk_map", impl.chunk_map)
+    data = bytearray((nydus_fixtures / "v6-zstd/bootstrap").read_bytes())
+    struct.pack_into("<QQ", data, EXT_SUPER_OFF + 24, ct_off, 0)
+    image = open_bytes(bytes(data))
+    big = max((i for _p, i in walk(image) if i.is_reg), key=lambda i: i.size)
+    with pytest.raises(rafs.RafsError):
+        image.chunks(big.ino, 0, 4096)

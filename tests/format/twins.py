@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 try:
@@ -23,3 +25,9 @@ def outcome(fn, *args):
         return ("ok", fn(*args))
     except Exception as e:  # noqa: BLE001 - comparing whatever happens
         return ("error", type(e).__name__, str(e))
+
+
+def examples(n: int) -> int:
+    """max_examples of a property test: n, scaled by PYNYDUSD_EXAMPLES_SCALE (tools/sanitize.sh
+    runs fewer, each being slow under the sanitizers)."""
+    return max(20, int(n * float(os.environ.get("PYNYDUSD_EXAMPLES_SCALE", "1"))))
