@@ -5,9 +5,8 @@ v5_pieces cuts a byte range of a v5 file into pieces of its 80-byte chunk record
 the same for a v6 file from its 8-byte chunk indexes, resolving each index with v6_chunk: the
 bootstrap's chunk table record (found through a chunk map keyed by `chunk_key`, which chunk_map
 builds) gives the digest and crc, the blob's ci table (when attached) the offsets, sizes and
-compression flag. ci_entry
-decodes one ci table entry. merge_runs groups the chunks a read must fetch into runs that one
-range request each can fetch.
+compression flag. ci_entry decodes one ci table entry. merge_runs groups the chunks a read must
+fetch into runs that one range request each can fetch.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Both provide v5_pieces (v5 chunk records -> ChunkPieces), v6_pieces (v6 chunk indexes resolved
 through the chunk map and the ci tables -> ChunkPieces), v6_chunk (one v6 chunk), chunk_map (the
-v6 chunk map, from the bootstrap's chunk table), ci_entry
-(one ci table entry) and merge_runs (the chunks a read must fetch, grouped into runs of adjacent
-compressed ranges), with identical results and identical errors. `chunk_key` (pure Python,
+v6 chunk map, from the bootstrap's chunk table), ci_entry (one ci table entry) and merge_runs (the
+chunks a read must fetch, grouped into runs of adjacent compressed ranges), with identical results
+and identical errors. `chunk_key` (pure Python,
 shared) packs the v6 chunk-map keys both expect. `PYNYDUSD_PUREPYTHON=1` forces the twin;
 `IMPLEMENTATION` says which one is active ("c" or "python"); the C module is used only when it
 has every function of C_FUNCTIONS (rafs.dirsearch makes the same choice).

@@ -181,9 +181,11 @@ class V6Image(Image):
         self.chunk_size = chunk_size
         self.compressor = compressor_from_flags(flags)
         self.digester = digester_from_flags(flags)
-        self._blob_table = (bt_off, bt_size)
-        self._chunk_table = (ct_off if ct_size else 0, ct_size)  # an empty table's offset is unchecked
-        self._prefetch_table = (pt_off, pt_size)
+        # an empty table's offset was not checked above: it becomes 0, so no unchecked number
+        # travels on (into the C hot path, say, where it may not even fit in 64 signed bits)
+        self._blob_table, self._chunk_table, self._prefetch_table = (
+            (off if length else 0, length)
+            for off, length in ((bt_off, bt_size), (ct_off, ct_size), (pt_off, pt_size)))
 
     def _read_blobs(self, override: str | None) -> list[BlobInfo]:
         off, size = self._blob_table
@@ -287,21 +289,26 @@ class V6Image(Image):
         return Inode(ino.nid, ino.mode, uid, gid, ino.size, ino.nlink, ino.mtime, ino.mtime_nsec,
                      rdev, blocks)
 
+    def _flat(self, ino: _Ino) -> tuple[int, int]:
+        """(offset of the first data block, offset of the inline tail or -1) of a flat
+        (directory or symlink) inode."""
+        if ino.layout not in (FLAT_PLAIN, FLAT_INLINE):
+            raise RafsError("directory or symlink with a chunk-based layout", structure="inode",
+                            field="i_format", value=ino.layout, offset=ino.offset)
+        tail = ino.body_off + ino.xattr_size if ino.layout == FLAT_INLINE else -1
+        return ino.i_u * self.block_size, tail
+
     def _block(self, ino: _Ino, k: int) -> bytes:
         """Block k of a flat (directory or symlink) inode's data, cut to the file size."""
         bs = self.block_size
-        n = -(-ino.size // bs)
+        data_off, tail = self._flat(ino)
         length = min(bs, ino.size - k * bs)
-        if ino.layout == FLAT_INLINE and k == n - 1:
-            tail = ino.body_off + ino.xattr_size
+        if tail >= 0 and k == -(-ino.size // bs) - 1:
             if tail // bs != (tail + length - 1) // bs:
                 raise RafsError("inline tail crosses a block boundary", structure="inode",
                                 field="i_size", value=ino.size, offset=ino.offset)
             return self.buf.bytes(tail, length, "inode", "inline data")
-        if ino.layout not in (FLAT_PLAIN, FLAT_INLINE):
-            raise RafsError("directory or symlink with a chunk-based layout", structure="inode",
-                            field="i_format", value=ino.layout, offset=ino.offset)
-        return self.buf.bytes((ino.i_u + k) * bs, length, "inode", "data block")
+        return self.buf.bytes(data_off + k * bs, length, "inode", "data block")
 
     # -- directories -------------------------------------------------------------------------
 
@@ -372,13 +379,9 @@ class V6Image(Image):
         parent = self._dir(parent_ino)
         if not parent.size:
             return None
-        if parent.layout not in (FLAT_PLAIN, FLAT_INLINE):
-            raise RafsError("directory or symlink with a chunk-based layout", structure="inode",
-                            field="i_format", value=parent.layout, offset=parent.offset)
-        bs = self.block_size
-        tail = parent.body_off + parent.xattr_size if parent.layout == FLAT_INLINE else -1
-        found = dirsearch.find_dirent(self.buf.data, parent.nid, parent.i_u * bs, tail, parent.size,
-                                      bs, parent.offset, name)
+        data_off, tail = self._flat(parent)
+        found = dirsearch.find_dirent(self.buf.data, parent.nid, data_off, tail, parent.size,
+                                      self.block_size, parent.offset, name)
         return None if found is None else self._child(parent, name, found[0])
 
     def _dirents_cached(self, ino: _Ino, k: int) -> list[tuple[bytes, int, int]]:
