@@ -10,7 +10,8 @@
  * search a v6 or v5 directory for one name (twins in rafs/_dirsearch.py).
  *
  * Every offset and count read from an image, and every position taken from the chunk map, is
- * bounds-checked before use. The module keeps no state: rafs.model's result classes are looked up
+ * bounds-checked before use. An int argument beyond 64 bits gets the twin's answer (see "beyond 64
+ * bits" below). The module keeps no state: rafs.model's result classes are looked up
  * in sys.modules once per call, the error classes only when raising. Speed comes from building
  * the results directly (untracked instances of the NamedTuple classes, the chunk-size int shared by every
  * full-size length, a list preallocated to its final size) and, for v6, from looking up a batch
@@ -257,7 +258,7 @@ static int add_piece(Out *o, PyObject *chunk, long long off, long long len) {
 
 /* -- v5 ------------------------------------------------------------------------------------------- */
 
-static PyObject *v5_pieces(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *v5_pieces_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[7], end;
     if (check_nargs("v5_pieces", nargs, 8) < 0 || ll_args(args + 1, 7, a) < 0) return NULL;
@@ -379,7 +380,7 @@ static int ci_flags(uint64_t f, long long version, long long index, uint32_t *fl
     return 0;
 }
 
-static PyObject *ci_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *ci_entry_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[3];
     if (check_nargs("ci_entry", nargs, 4) < 0 || ll_args(args + 1, 3, a) < 0) return NULL;
@@ -595,7 +596,7 @@ static void v6_prefetch(V6 *v, long long idx_off, long long i, long long n, long
     for (; k < n; k++) hint[k] = HINT_UNKNOWN;
 }
 
-static PyObject *v6_pieces(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *v6_pieces_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[5], end;
     if (check_nargs("v6_pieces", nargs, 10) < 0 || ll_args(args + 1, 5, a) < 0) return NULL;
@@ -640,7 +641,7 @@ fail:
     return out_close(&o, 0);
 }
 
-static PyObject *v6_chunk(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *v6_chunk_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[5];
     if (check_nargs("v6_chunk", nargs, 10) < 0 || ll_args(args + 1, 5, a) < 0) return NULL;
@@ -703,7 +704,7 @@ static KeyPos *sort_rows(KeyPos *rows, Py_ssize_t n) {
  * table at [off, off+size), filled in key order; records no chunk index can name are left out, and
  * of equal keys the last record wins (see the twin). The records are read into a C array first,
  * so no Python code runs while the buffer is read. */
-static PyObject *chunk_map(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *chunk_map_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[3];
     if (check_nargs("chunk_map", nargs, 4) < 0 || ll_args(args + 1, 3, a) < 0) return NULL;
@@ -1021,7 +1022,7 @@ static int span_field(PyObject *chunk, Py_ssize_t i, uint64_t *out) {
     return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
 }
 
-static PyObject *merge_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *merge_runs_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (check_nargs("merge_runs", nargs, 2) < 0) return NULL;
     long long max_size = PyLong_AsLongLong(args[1]);
@@ -1085,6 +1086,35 @@ done:
     Py_DECREF(seq);
     return NULL;
 }
+
+/* -- beyond 64 bits -------------------------------------------------------------------------------
+ * The C code holds offsets, counts and sizes in 64-bit integers. When an argument (or a ChunkInfo
+ * field given to merge_runs) does not fit, the conversion raises OverflowError; the pure-Python
+ * twin, the reference, then answers instead, so results and errors stay identical for every
+ * input. No image reaches this: the readers pass only values they decoded from 64-bit fields. */
+
+static PyObject *twin_call(const char *module, const char *name, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *fn = module_attr(module, name);
+    if (!fn) return NULL;
+    PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, NULL);
+    Py_DECREF(fn);
+    return r;
+}
+
+#define TWIN_BEYOND_64_BITS(name)                                                    \
+    static PyObject *name(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { \
+        PyObject *r = name##_c(self, args, nargs);                                   \
+        if (r || !PyErr_ExceptionMatches(PyExc_OverflowError)) return r;             \
+        PyErr_Clear();                                                               \
+        return twin_call("rafs._chunkmap", #name, args, nargs);                      \
+    }
+
+TWIN_BEYOND_64_BITS(v5_pieces)
+TWIN_BEYOND_64_BITS(v6_pieces)
+TWIN_BEYOND_64_BITS(v6_chunk)
+TWIN_BEYOND_64_BITS(chunk_map)
+TWIN_BEYOND_64_BITS(ci_entry)
+TWIN_BEYOND_64_BITS(merge_runs)
 
 static PyMethodDef methods[] = {
     {"v5_pieces", (PyCFunction)(void (*)(void))v5_pieces, METH_FASTCALL,

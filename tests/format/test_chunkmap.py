@@ -383,6 +383,56 @@ print(len(L), [r[0].chunk_index for r in runs])
 """
 
 
+_BEYOND = st.sampled_from([1 << 63, 1 << 64, (1 << 64) + 5, 1 << 80, -(1 << 63) - 1, -(1 << 80)])
+
+
+def _beyond_cases() -> dict:
+    """Each C chunk function with well-formed arguments (a table behind every offset)."""
+    cs = 0x1000
+    v5 = b"\0" * 16 + v5_records([cs] * 3 + [100], cs)
+    # one v6 chunk: record (blob 0, chunk 5, at block 2), its index, the ci table of blob 0
+    table = struct.pack("<32sIIIIQQQII", bytes(range(32)), 0, 1, 0x100, 0x1000, 0, 0x2000, 0, 5, 0)
+    v6 = struct.pack("<HHI", 5, 1, 2) + table
+    chunk_map = _chunkmap.chunk_map(v6, 8, len(table), 0x1000)
+    ci = [(ci_v1(0, 0x100, 0x2000, 0x1000) * 6, 1, 6)]
+    return {
+        "v5_pieces": [v5, 16, 4, cs, 3 * cs + 100, 1, 10, 2 * cs],
+        "v6_pieces": [v6, 0, 0x1000, 0x1000, 0, 0x1000, 0x1000, 1, chunk_map, ci],
+        "v6_chunk": [v6, 0, 5, 2, 0x1000, 0, 0x1000, 1, chunk_map, ci],
+        "chunk_map": [v6, 8, len(table), 0x1000],
+        "ci_entry": [ci[0][0], 1, 6, 3],
+    }
+
+
+@need_c
+@settings(max_examples=examples(400), deadline=None, database=None)
+@given(name=st.sampled_from(["v5_pieces", "v6_pieces", "v6_chunk", "chunk_map", "ci_entry"]),
+       data=st.data())
+def test_twins_agree_on_ints_beyond_64_bits(name, data):
+    """C holds offsets and counts in 64 bits; an argument that does not fit gets the twin's
+    answer (result or error), never an OverflowError of its own."""
+    args = _beyond_cases()[name]
+    ints = [i for i, a in enumerate(args) if type(a) is int]
+    for i in data.draw(st.lists(st.sampled_from(ints), min_size=1, max_size=3, unique=True)):
+        args[i] = data.draw(_BEYOND)
+    if name.startswith("v6_") and data.draw(st.booleans()):  # the ci table's version or count
+        t = args[9][0]
+        args[9] = [(t[0], data.draw(_BEYOND), t[2]) if data.draw(st.booleans())
+                   else (t[0], t[1], data.draw(_BEYOND))]
+    assert outcome(_speedups.__dict__[name], *args) == outcome(_chunkmap.__dict__[name], *args)
+
+
+@need_c
+@settings(max_examples=examples(300), deadline=None, database=None)
+@given(field=st.sampled_from([0, 3, 4]), value=_BEYOND, max_size=st.sampled_from([10]) | _BEYOND)
+def test_merge_runs_twins_agree_beyond_64_bits(field, value, max_size):
+    fields = list(_chunk(0, 10, 10))
+    fields[field] = value
+    chunks = [_chunk(0, 0, 10), rafs.ChunkInfo(*fields), _chunk(0, 20, 10)]
+    assert (outcome(_speedups.merge_runs, chunks, max_size)
+            == outcome(_chunkmap.merge_runs, chunks, max_size))
+
+
 @need_c
 def test_merge_runs_survives_a_finaliser_that_empties_its_input():
     """A collection inside merge_runs may run a __del__ that clears the list passed in (found in
