@@ -60,6 +60,11 @@ class Backend:
             with self.lock:
                 self.stats["read_errors"] += 1
             raise
+        except Exception as e:  # a bug or a library's surprise: an error of this read, not a crash
+            log.exception("%s read of blob %s failed unexpectedly", self.kind, blob_id)
+            with self.lock:
+                self.stats["read_errors"] += 1
+            raise BackendError(f"{type(e).__name__}: {e}") from None
         ms = (time.monotonic() - start) * 1000
         log.debug("%s read blob %s bytes %d-%d: %.1f ms", self.kind, blob_id, offset,
                   offset + size - 1, ms)

@@ -12,8 +12,9 @@ File names are built only from validated blob ids (64 lowercase hex). A chunk's 
 written only after its data has been written, so a process killed at any moment (kill -9) leaves a
 cache whose ready chunks are all complete; a header that does not match the image resets both
 files. With `durable=True` data is fdatasync'ed before the ready byte is written (power loss).
-A full disk (ENOSPC/EDQUOT) never marks a chunk ready: the data is served uncached, with one
-warning.
+A full disk (ENOSPC/EDQUOT) or any other write error (EIO, a read-only remount) never marks a
+chunk ready: the data is served uncached, with one warning. A blob whose cache files cannot be set
+up (a full disk at start, a chunk count beyond MAX_CHUNKS) is cached in memory only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MAGIC = b"PYNYDUSD-READY-1"
 _HEADER = struct.Struct("<16sIIQ")
 HEADER_SIZE = _HEADER.size
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+MAX_CHUNKS = 1 << 24  # ready bytes held in memory per blob (v6 chunk indexes have 24 bits)
 
 
 class BlobCacheFile:
@@ -45,21 +47,32 @@ class BlobCacheFile:
         self.count = blob.chunk_count
         base = os.path.join(root, blob.blob_id)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        self.data_fd = os.open(base + ".data", flags, 0o600)
-        self.ready_fd = os.open(base + ".ready", flags, 0o600)
-        header = _HEADER.pack(MAGIC, self.count, 0, blob.uncompressed_size)
-        if os.pread(self.ready_fd, HEADER_SIZE, 0) != header or \
-                os.fstat(self.ready_fd).st_size != HEADER_SIZE + self.count or \
-                os.fstat(self.data_fd).st_size != blob.uncompressed_size:
-            self._reset(header)
-        self.ready = bytearray(os.pread(self.ready_fd, self.count, HEADER_SIZE))
+        self.data_fd = self.ready_fd = -1
+        try:
+            self.data_fd = os.open(base + ".data", flags, 0o600)
+            self.ready_fd = os.open(base + ".ready", flags, 0o600)
+            header = _HEADER.pack(MAGIC, self.count, 0, blob.uncompressed_size)
+            if os.pread(self.ready_fd, HEADER_SIZE, 0) != header or \
+                    os.fstat(self.ready_fd).st_size != HEADER_SIZE + self.count or \
+                    os.fstat(self.data_fd).st_size != blob.uncompressed_size:
+                self._reset(header)
+            self.ready = bytearray(os.pread(self.ready_fd, self.count, HEADER_SIZE))
+            if len(self.ready) != self.count:
+                raise OSError(errno.EIO, f"{base}.ready is shorter than its {self.count} chunks")
+        except BaseException:
+            self.close()
+            raise
         self.full_warned = False
 
     def _reset(self, header: bytes) -> None:
         os.ftruncate(self.ready_fd, 0)
         os.ftruncate(self.data_fd, 0)
         os.ftruncate(self.data_fd, self.blob.uncompressed_size)
-        os.pwrite(self.ready_fd, header + bytes(self.count), 0)
+        table = header + bytes(self.count)
+        written = os.pwrite(self.ready_fd, table, 0)
+        if written != len(table):  # a filling disk
+            os.ftruncate(self.ready_fd, 0)
+            raise OSError(errno.ENOSPC, f"short write ({written} of {len(table)} bytes)")
 
     def usable(self, chunk: ChunkInfo) -> bool:
         return (chunk.chunk_index < self.count
@@ -84,15 +97,24 @@ class BlobCacheFile:
                 os.fdatasync(self.data_fd)
             os.pwrite(self.ready_fd, b"\1", HEADER_SIZE + chunk.chunk_index)
         except OSError as e:
-            if e.errno not in _FULL:
-                raise
             if not self.full_warned:
-                log.warning("cache disk full (%s): serving blob %s uncached", e.strerror,
-                            self.blob.blob_id)
+                log.warning("%s (%s): serving blob %s uncached",
+                            "cache disk full" if e.errno in _FULL else "cache write failed",
+                            e.strerror, self.blob.blob_id)
                 self.full_warned = True
             return False
         self.ready[chunk.chunk_index] = 1
         return True
+
+    def forget(self, chunk: ChunkInfo) -> None:
+        """Mark the chunk not ready (its data proved bad), so that put() writes it again."""
+        if self.is_ready(chunk):
+            self.ready[chunk.chunk_index] = 0
+            try:
+                os.pwrite(self.ready_fd, b"\0", HEADER_SIZE + chunk.chunk_index)
+            except OSError as e:  # ready again after a restart: checked again then
+                log.warning("cannot unmark bad cached chunk %d of blob %s: %s",
+                            chunk.chunk_index, self.blob.blob_id, e.strerror)
 
     def is_ready(self, chunk: ChunkInfo) -> bool:
         return self.usable(chunk) and bool(self.ready[chunk.chunk_index])
@@ -101,8 +123,10 @@ class BlobCacheFile:
         return self.count - self.ready.count(0)
 
     def close(self) -> None:
-        os.close(self.data_fd)
-        os.close(self.ready_fd)
+        for fd in (self.data_fd, self.ready_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.data_fd = self.ready_fd = -1
 
 
 class ChunkCache:
@@ -114,11 +138,18 @@ class ChunkCache:
         self.files: dict[int, BlobCacheFile] = {}
         self.lock = threading.Lock()
         for blob in blobs:
-            if blob.chunk_count and blob.uncompressed_size and is_valid_blob_id(blob.blob_id):
-                self.files[blob.index] = BlobCacheFile(self.root, blob, durable)
-            else:
+            if not (blob.chunk_count and blob.uncompressed_size and is_valid_blob_id(blob.blob_id)):
                 log.info("blob %d (%s) has no chunk count or size: cached in memory only",
                          blob.index, blob.blob_id[:80])
+            elif blob.chunk_count > MAX_CHUNKS:
+                log.warning("blob %s claims %d chunks (over %d): cached in memory only",
+                            blob.blob_id, blob.chunk_count, MAX_CHUNKS)
+            else:
+                try:
+                    self.files[blob.index] = BlobCacheFile(self.root, blob, durable)
+                except OSError as e:
+                    log.warning("cannot set up the cache files of blob %s (%s): cached in "
+                                "memory only", blob.blob_id, e.strerror or e)
 
     def get(self, chunk: ChunkInfo) -> bytes | None:
         f = self.files.get(chunk.blob_index)
@@ -130,6 +161,12 @@ class ChunkCache:
             return False
         with self.lock:
             return f.put(chunk, data)
+
+    def forget(self, chunk: ChunkInfo) -> None:
+        f = self.files.get(chunk.blob_index)
+        if f is not None:
+            with self.lock:
+                f.forget(chunk)
 
     def is_ready(self, chunk: ChunkInfo) -> bool:
         f = self.files.get(chunk.blob_index)

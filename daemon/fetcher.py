@@ -57,12 +57,13 @@ class Fetcher:
     """Serves decompressed chunks of one image; thread-safe."""
 
     def __init__(self, image: Image, backend: Backend, cache: ChunkCache | None, *,
-                 digest_validate: bool, memory_bytes: int,
+                 digest_validate: bool, memory_bytes: int, cache_validate: bool = False,
                  prepare_index: Callable[[], None] | None = None) -> None:
         self.image = image
         self.backend = backend
         self.cache = cache
         self.digest_validate = digest_validate
+        self.cache_validate = digest_validate or cache_validate  # check what the disk gives back
         self.verify_fetched = digest_validate or backend.kind != "localfs"
         self.data_retries = max(int(getattr(backend, "retries", 0) or 0), 1)
         self.mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, 1),
@@ -88,11 +89,12 @@ class Fetcher:
                 return data
         if self.cache is not None:
             data = self.cache.get(c)
-            if data is not None and self.digest_validate:
+            if data is not None and self.cache_validate:
                 blob = self.image.blobs[c.blob_index]
                 if codecs.digest(blob.digester, data) != c.digest:
                     log.warning("blob %s: cached chunk %d fails its digest: fetching it again",
                                 blob.blob_id, c.chunk_index)
+                    self.cache.forget(c)  # so that the fetched data replaces it
                     data = None
             if data is not None:
                 with self.lock:
@@ -106,8 +108,8 @@ class Fetcher:
         if _mem_size(data) <= self.mem.maxsize:
             self.mem[key] = data
 
-    def _present(self, c: ChunkInfo) -> bool:
-        """In memory or ready on disk (no counters touched)."""
+    def present(self, c: ChunkInfo) -> bool:
+        """In memory or ready on disk (no counters touched, nothing read)."""
         with self.lock:
             if self._key(c) in self.mem:
                 return True
@@ -166,7 +168,7 @@ class Fetcher:
             extra, have, size = [], {self._key(c) for c in missing}, 0
             for n in follow():
                 key = self._key(n)
-                if key in have or self._present(n):
+                if key in have or self.present(n):
                     continue
                 size += n.compressed_size
                 if size > limit:
@@ -185,7 +187,7 @@ class Fetcher:
             size, idx = c.compressed_size, c.chunk_index + 1
             while size < limit:
                 n = by_index(c.blob_index, idx)
-                if n is None or self._key(n) in have or self._present(n):
+                if n is None or self._key(n) in have or self.present(n):
                     break
                 size += n.compressed_size
                 if size > limit:
@@ -202,13 +204,13 @@ class Fetcher:
             missing = missing + self._neighbours(missing, amplify, follow)
         except Exception as e:  # widening is an optimisation: never let it fail a read
             log.debug("not widening the read: %s", e)
-        mine, theirs = [], []
+        mine, theirs, owned = [], [], {}
         with self.lock:
             for c in missing:
                 key = self._key(c)
                 flight = self.flights.get(key)
                 if flight is None:
-                    self.flights[key] = _Flight()
+                    self.flights[key] = owned[key] = _Flight()
                     mine.append(c)
                 else:
                     theirs.append((key, flight))
@@ -220,7 +222,7 @@ class Fetcher:
         try:
             for run in merge_runs(mine, max(max_request, amplify)):
                 if any(self._key(c) in wanted for c in run):
-                    self._fetch_run(run, out)
+                    self._fetch_run(run, out, wanted)
                     continue
                 try:  # only neighbours: widening is an optimisation, never a reason to fail
                     self._fetch_run(run, out)
@@ -228,7 +230,7 @@ class Fetcher:
                     log.debug("not prefetching neighbour chunks %d-%d of blob %d: %s",
                               run[0].chunk_index, run[-1].chunk_index, run[0].blob_index, e)
         finally:
-            self._abort_unfinished(mine)
+            self._abort_unfinished(owned)
         for key, flight in theirs:
             if key not in wanted:
                 continue  # a neighbour someone else is already fetching: not needed here
@@ -237,7 +239,10 @@ class Fetcher:
                 raise StorageError(f"chunk fetch failed: {flight.error}")
             out[key] = flight.data
 
-    def _fetch_run(self, run: list[ChunkInfo], out: dict) -> None:
+    def _fetch_run(self, run: list[ChunkInfo], out: dict, wanted: set | None = None) -> None:
+        """Fetch one run of adjacent chunks in one request, check and land each. A chunk whose
+        data is bad fails the read only if it is `wanted` (None: all are), after the backend's
+        retries; a bad neighbour that came along is dropped and the others land."""
         first, last = run[0], run[-1]
         start = first.compressed_offset
         size = last.compressed_offset + last.compressed_size - start
@@ -257,22 +262,36 @@ class Fetcher:
                 raise
             with self.lock:
                 self.stats["bytes_fetched"] += len(raw)
-            try:
-                decoded = [codecs.decode_chunk(c, raw[c.compressed_offset - start:
-                                                      c.compressed_offset - start + c.compressed_size],
-                                               blob.compressor, digester) for c in run]
-                break
-            except ChunkDataError as e:
+            decoded: list[bytes | None] = []
+            bad: list[tuple[ChunkInfo, ChunkDataError]] = []
+            for c in run:
+                try:
+                    decoded.append(codecs.decode_chunk(
+                        c, raw[c.compressed_offset - start:
+                               c.compressed_offset - start + c.compressed_size],
+                        blob.compressor, digester))
+                except ChunkDataError as e:
+                    decoded.append(None)
+                    bad.append((c, e))
+            if bad:
                 with self.lock:
                     self.stats["errors"] += 1
-                    self.stats["bad_data"] += 1
-                if attempt == self.data_retries:
-                    log.error("blob %s: %s (after %d attempts)", blob.blob_id, e, attempt + 1)
-                    self._fail(run, e)
-                    raise StorageError(str(e)) from None
-                log.warning("blob %s: %s; fetching again (%d/%d)", blob.blob_id, e, attempt + 1,
-                            self.data_retries)
+                    self.stats["bad_data"] += len(bad)
+            e = next((e for c, e in bad if wanted is None or self._key(c) in wanted), None)
+            if e is None:
+                break
+            if attempt == self.data_retries:
+                log.error("blob %s: %s (after %d attempts)", blob.blob_id, e, attempt + 1)
+                self._fail(run, e)
+                raise StorageError(str(e)) from None
+            log.warning("blob %s: %s; fetching again (%d/%d)", blob.blob_id, e, attempt + 1,
+                        self.data_retries)
+        for c, e in bad:  # neighbours only: dropped, their waiters told
+            log.warning("blob %s: %s; not keeping this unrequested chunk", blob.blob_id, e)
+            self._fail([c], e)
         for c, data in zip(run, decoded, strict=True):
+            if data is None:
+                continue
             if self.cache is not None:
                 self.cache.put(c, data)
             self._land(c, data)
@@ -295,6 +314,12 @@ class Fetcher:
                 f.error = error
                 f.finish()
 
-    def _abort_unfinished(self, chunks: list[ChunkInfo]) -> None:
-        """Release waiters of chunks this thread claimed but did not land (error paths)."""
-        self._fail(chunks, StorageError("fetch aborted"))
+    def _abort_unfinished(self, owned: dict[tuple[int, int], _Flight]) -> None:
+        """Release waiters of chunks this thread claimed but did not land (error paths). Only its
+        own flights: once it landed a chunk, another thread may be fetching that chunk anew."""
+        with self.lock:
+            left = [self.flights.pop(key) for key, flight in owned.items()
+                    if self.flights.get(key) is flight]
+        for f in left:
+            f.error = StorageError("fetch aborted")
+            f.finish()

@@ -75,7 +75,11 @@ class Prefetcher:
         for ino in self.image.prefetch:
             yield from ((0, i) for i in self._subtree(ino))
         for path in self.options.prefetch_files:
-            ino = self._resolve(path)
+            try:
+                ino = self._resolve(path)
+            except RafsError as e:
+                log.warning("prefetch: cannot resolve %s: %s", path, e)
+                continue
             if ino is not None:
                 yield from ((1, i) for i in self._subtree(ino))
         if self.options.prefetch_all:
@@ -93,18 +97,28 @@ class Prefetcher:
         return ino
 
     def _subtree(self, ino: int) -> Iterator[int]:
+        """Regular files under `ino`; a directory the image cannot list is skipped (logged)."""
         stack = [ino]
         while stack and not self.stop_event.is_set():
             node = stack.pop()
-            inode = self.image.getattr(node)
+            try:
+                inode = self.image.getattr(node)
+                children = list(self.image.readdir(node)) if inode.is_dir else []
+            except RafsError as e:
+                self._skip("inode", node, e)
+                continue
             if inode.is_reg:
                 yield node
-            elif inode.is_dir:
-                for _name, child, _pos in self.image.readdir(node):
-                    if child.is_dir:
-                        stack.append(child.ino)
-                    elif child.is_reg:
-                        yield child.ino
+            for _name, child, _pos in children:
+                if child.is_dir:
+                    stack.append(child.ino)
+                elif child.is_reg:
+                    yield child.ino
+
+    def _skip(self, what: str, ino: int, e: Exception) -> None:
+        log.warning("prefetch: skipping %s %d: %s", what, ino, e)
+        with self.lock:
+            self.errors += 1
 
     def _runs(self) -> Iterator[list[ChunkInfo]]:
         seen: set[tuple[int, int]] = set()
@@ -117,7 +131,12 @@ class Prefetcher:
                 yield from merge_runs(batch, self.options.prefetch_merging_size)
                 batch = []
             current = stage
-            for c in self.image.file_chunks(ino):
+            try:
+                chunks = self.image.file_chunks(ino)
+            except RafsError as e:  # one bad file: the others are still worth having
+                self._skip("file", ino, e)
+                continue
+            for c in chunks:
                 key = (c.blob_index, c.compressed_offset)
                 if key in seen:
                     continue
@@ -144,9 +163,14 @@ class Prefetcher:
                 run = self._next()
                 if run is None:
                     break
-                self._prefetch_run(run)
-        except (RafsError, StorageError, OSError) as e:
-            log.error("prefetch stopped: %s", e)
+                try:
+                    self._prefetch_run(run)
+                except Exception:  # one run's surprise (a bug, a full disk): go on with the next
+                    log.exception("prefetch of %d chunks failed", len(run))
+                    with self.lock:
+                        self.errors += 1
+        except Exception:  # the walk itself failed: nothing more to prefetch
+            log.exception("prefetch stopped")
         finally:
             with self.lock:
                 if all(not t.is_alive() or t is threading.current_thread() for t in self.threads):
@@ -155,7 +179,7 @@ class Prefetcher:
                              self.done, self.total, self.requests, self.bytes, self.errors)
 
     def _prefetch_run(self, run: list[ChunkInfo]) -> None:
-        todo = [c for c in run if self.fetcher.cached(c) is None]
+        todo = [c for c in run if not self.fetcher.present(c)]
         if todo:
             size = sum(c.compressed_size for c in todo)
             self.bucket.take(size, self.stop_event)
@@ -178,7 +202,10 @@ class Prefetcher:
                     "prefetch_data_amount": self.bytes, "prefetch_errors": self.errors,
                     "prefetch_begin_time_secs": int(self.begin), "prefetch_end_time_secs": int(self.end)}
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the workers, waiting for them up to `timeout` seconds in all (they are daemon
+        threads: one stuck in a request does not hold up the exit)."""
         self.stop_event.set()
+        deadline = time.monotonic() + timeout
         for t in self.threads:
-            t.join(timeout=2)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -71,7 +71,7 @@ class RegistryBackend(Backend):
             return self._session().get(url, headers=headers, timeout=self.timeout,
                                        verify=self.verify, allow_redirects=False, stream=True,
                                        proxies=proxies)
-        except requests.RequestException as e:
+        except (requests.RequestException, ValueError) as e:  # ValueError: a malformed Location
             raise TemporaryBackendError(f"GET {_redact(url)}: {type(e).__name__}: {e}") from None
 
     def _read(self, blob_id: str, offset: int, size: int) -> bytes:
@@ -82,8 +82,9 @@ class RegistryBackend(Backend):
     def _attempt(self, blob_id: str, offset: int, size: int) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
         url = self.redirects.get(blob_id) or self.base + blob_id
+        deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
         r = self._send(url, headers, blob_id)
-        return _body(r, offset, size)
+        return _body(r, offset, size, deadline)
 
     def _send(self, url: str, headers: dict, blob_id: str):
         """GET with auth negotiation, proxy fallback and hand-followed redirects."""
@@ -103,8 +104,8 @@ class RegistryBackend(Backend):
                 r.close()
                 self.redirects[blob_id] = url
                 continue
-            if r.status_code in (401, 403) and blob_id in self.redirects:
-                del self.redirects[blob_id]  # a stale presigned URL: start over at the registry
+            if r.status_code in (401, 403) and self.redirects.pop(blob_id, None) is not None:
+                # a stale presigned URL: start over at the registry
                 raise TemporaryBackendError(f"redirect target answered {r.status_code}")
             return r
         self.redirects.pop(blob_id, None)  # start over at the registry next time
@@ -164,10 +165,13 @@ class RegistryBackend(Backend):
             body = r.json()
         except ValueError:
             raise BackendError("token server did not answer JSON") from None
-        token = body.get("token") or body.get("access_token")
-        if not token:
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+        if not token or not isinstance(token, str):
             raise BackendError("token server answer has no token")
-        self.token_expiry = time.monotonic() + float(body.get("expires_in", 600))
+        expires = body.get("expires_in", 600)
+        if isinstance(expires, bool) or not isinstance(expires, int | float) or expires != expires:
+            raise BackendError(f"token server answer has a bad expires_in: {str(expires)[:40]!r}")
+        self.token_expiry = time.monotonic() + float(expires)
         return token
 
 
@@ -181,8 +185,9 @@ def _content_range(value: str) -> tuple[int, int] | None:
     return int(first), int(last)
 
 
-def _body(r, offset: int, size: int) -> bytes:
-    """Exactly the `size` bytes at `offset` of a ranged answer, or a (temporary) error."""
+def _body(r, offset: int, size: int, deadline: float | None = None) -> bytes:
+    """Exactly the `size` bytes at `offset` of a ranged answer, or a (temporary) error. The body
+    must be in by `deadline` (time.monotonic()): a server that trickles it fails the attempt."""
     status = r.status_code
     try:
         if status in (429,) or status >= 500:
@@ -198,11 +203,13 @@ def _body(r, offset: int, size: int) -> bytes:
                     f"server sent range {r.headers['Content-Range'][:80]!r} for bytes "
                     f"{offset}-{offset + size - 1}")
         parts, got = [], 0
-        for piece in r.iter_content(1 << 16):
+        while piece := r.raw.read1(1 << 16, decode_content=True):  # whatever has arrived
             parts.append(piece)
             got += len(piece)
             if got > size:
                 raise TemporaryBackendError(f"body longer than the {size} bytes asked for")
+            if deadline is not None and time.monotonic() > deadline and got < size:
+                raise TemporaryBackendError(f"body too slow: {got} of {size} bytes in time")
     except TemporaryBackendError:
         raise
     except BackendError:

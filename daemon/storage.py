@@ -66,6 +66,7 @@ class BlobStore:
             raise StorageError(f"cache type {options.cache_type!r} is not supported")
         self.fetcher = Fetcher(image, self.backend, self.cache,
                                digest_validate=options.digest_validate,
+                               cache_validate=options.cache_validate,
                                memory_bytes=options.memory_cache_bytes,
                                prepare_index=self._prepare_widening)
         self.prefetcher = None
