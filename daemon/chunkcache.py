@@ -8,10 +8,14 @@ files, which live directly in work_dir, are never read or written):
     <blob_id>.ready  32-byte header (magic b"PYNYDUSD-READY-1", u32 chunk count, u32 0,
                      u64 uncompressed size) followed by one byte per chunk: 1 = cached and valid
 
-File names are built only from validated blob ids (64 lowercase hex). A chunk's ready byte is
-written only after its data has been written, so a process killed at any moment (kill -9) leaves a
-cache whose ready chunks are all complete; a header that does not match the image resets both
-files. With `durable=True` data is fdatasync'ed before the ready byte is written (power loss).
+File names are built only from validated blob ids (64 lowercase hex). A chunk's ready byte
+reaches the file only after its data has been written and made durable (fdatasync), so neither a
+process killed at any moment (kill -9) nor a power loss leaves a ready chunk whose data is not
+all there; a header that does not match the image resets both files. The ready bytes of newly
+written chunks are committed in groups by a background thread (every COMMIT_S seconds, sooner
+once COMMIT_CHUNKS are waiting, and on close), so no read waits for an fdatasync; until then they
+are ready in memory only, and a crash merely costs fetching them again. `durable=True` commits
+each chunk as it is written.
 A full disk (ENOSPC/EDQUOT) or any other write error (EIO, a read-only remount) never marks a
 chunk ready: the data is served uncached, with one warning. A blob whose cache files cannot be set
 up (a full disk at start, a chunk count beyond MAX_CHUNKS) is cached in memory only.
@@ -34,6 +38,8 @@ _HEADER = struct.Struct("<16sIIQ")
 HEADER_SIZE = _HEADER.size
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 MAX_CHUNKS = 1 << 24  # ready bytes held in memory per blob (v6 chunk indexes have 24 bits)
+COMMIT_S = 1.0  # the committer's period
+COMMIT_CHUNKS = 256  # written chunks that wake it sooner
 
 
 class BlobCacheFile:
@@ -63,6 +69,7 @@ class BlobCacheFile:
             self.close()
             raise
         self.full_warned = False
+        self.pending: set[int] = set()  # written chunks whose ready bytes are not committed
 
     def _reset(self, header: bytes) -> None:
         os.ftruncate(self.ready_fd, 0)
@@ -86,30 +93,64 @@ class BlobCacheFile:
         return data if len(data) == chunk.uncompressed_size else None
 
     def put(self, chunk: ChunkInfo, data: bytes) -> bool:
-        """Store `data` then mark the chunk ready; False (and nothing marked) on a full disk."""
+        """Store `data` and mark the chunk ready (committed to disk later, see `commit`); False
+        (and nothing marked) when the write fails: a full disk, an I/O error."""
         if not self.usable(chunk) or self.ready[chunk.chunk_index]:
             return False
         try:
             written = os.pwrite(self.data_fd, data, chunk.uncompressed_offset)
             if written != len(data):  # a filling disk can write part of it without an error
                 raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
-            if self.durable:
-                os.fdatasync(self.data_fd)
-            os.pwrite(self.ready_fd, b"\1", HEADER_SIZE + chunk.chunk_index)
         except OSError as e:
-            if not self.full_warned:
-                log.warning("%s (%s): serving blob %s uncached",
-                            "cache disk full" if e.errno in _FULL else "cache write failed",
-                            e.strerror, self.blob.blob_id)
-                self.full_warned = True
+            self._warn(e)
             return False
         self.ready[chunk.chunk_index] = 1
+        self.pending.add(chunk.chunk_index)
         return True
+
+    def commit(self, lock: threading.Lock) -> None:
+        """Make the written chunks' data durable, then write their ready bytes (in runs). The
+        fdatasync runs without `lock` (the one put and forget are called under), so writers go
+        on meanwhile. A chunk forgotten or written again since is left to a later commit. If the
+        sync fails, the chunks are not ready after all (they will be fetched again)."""
+        with lock:
+            pending, self.pending = self.pending, set()
+        if not pending:
+            return
+        try:
+            os.fdatasync(self.data_fd)
+        except OSError as e:
+            with lock:
+                self._warn(e)
+                for i in pending - self.pending:
+                    self.ready[i] = 0
+            return
+        with lock:
+            marks = sorted(i for i in pending if self.ready[i] and i not in self.pending)
+            try:
+                start = prev = marks[0] if marks else -1
+                for i in marks[1:] + [-1]:  # contiguous chunks in one write
+                    if i != prev + 1:
+                        os.pwrite(self.ready_fd, b"\1" * (prev + 1 - start), HEADER_SIZE + start)
+                        start = i
+                    prev = i
+            except OSError as e:  # not marked on disk: fetched again after a restart
+                self._warn(e)
+
+    def _warn(self, e: OSError) -> None:
+        if not self.full_warned:
+            log.warning("%s (%s): serving blob %s uncached",
+                        "cache disk full" if e.errno in _FULL else "cache write failed",
+                        e.strerror, self.blob.blob_id)
+            self.full_warned = True
 
     def forget(self, chunk: ChunkInfo) -> None:
         """Mark the chunk not ready (its data proved bad), so that put() writes it again."""
         if self.is_ready(chunk):
             self.ready[chunk.chunk_index] = 0
+            if chunk.chunk_index in self.pending:  # not on disk yet
+                self.pending.discard(chunk.chunk_index)
+                return
             try:
                 os.pwrite(self.ready_fd, b"\0", HEADER_SIZE + chunk.chunk_index)
             except OSError as e:  # ready again after a restart: checked again then
@@ -137,6 +178,10 @@ class ChunkCache:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.files: dict[int, BlobCacheFile] = {}
         self.lock = threading.Lock()
+        self.durable = durable
+        self.wake = threading.Event()
+        self.closing = False
+        self.committer: threading.Thread | None = None
         for blob in blobs:
             if not (blob.chunk_count and blob.uncompressed_size and is_valid_blob_id(blob.blob_id)):
                 log.info("blob %d (%s) has no chunk count or size: cached in memory only",
@@ -160,7 +205,25 @@ class ChunkCache:
         if f is None:
             return False
         with self.lock:
-            return f.put(chunk, data)
+            if not f.put(chunk, data):
+                return False
+            waiting = len(f.pending)
+            if self.committer is None and not self.durable and not self.closing:
+                self.committer = threading.Thread(target=self._commit_loop, daemon=True,
+                                                  name="cache-commit")
+                self.committer.start()
+        if self.durable:
+            f.commit(self.lock)
+        elif waiting >= COMMIT_CHUNKS:
+            self.wake.set()
+        return True
+
+    def _commit_loop(self) -> None:
+        while not self.closing:
+            self.wake.wait(COMMIT_S)
+            self.wake.clear()
+            if not self.closing:
+                self.commit()
 
     def forget(self, chunk: ChunkInfo) -> None:
         f = self.files.get(chunk.blob_index)
@@ -172,6 +235,14 @@ class ChunkCache:
         f = self.files.get(chunk.blob_index)
         return f.is_ready(chunk) if f else False
 
+    def commit(self) -> None:
+        """Commit every blob's written chunks now (see BlobCacheFile.commit)."""
+        for f in list(self.files.values()):
+            try:
+                f.commit(self.lock)
+            except Exception:  # never let the committer die
+                log.exception("committing cached chunks of blob %s failed", f.blob.blob_id)
+
     def all_ready(self) -> bool:
         return bool(self.files) and all(f.ready_count() == f.count for f in self.files.values())
 
@@ -179,6 +250,13 @@ class ChunkCache:
         return [os.path.join(self.root, f.blob.blob_id + ".data") for f in self.files.values()]
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.files.clear()
+        """Commit what is written and close the files."""
+        self.closing = True
+        self.wake.set()
+        if self.committer is not None:
+            self.committer.join()
+        self.commit()
+        with self.lock:
+            for f in self.files.values():
+                f.close()
+            self.files.clear()

@@ -59,12 +59,14 @@ class Prefetcher:
         self.done = self.total = self.requests = self.bytes = self.errors = 0
         self.begin = self.end = 0.0
         self.threads: list[threading.Thread] = []
+        self.running = 0  # workers not yet finished
         self.queue: Iterator[list[ChunkInfo]] | None = None
 
     def start(self) -> None:
         self.begin = time.time()
         self.queue = self._runs()
-        for i in range(max(1, self.options.prefetch_threads)):
+        self.running = max(1, self.options.prefetch_threads)
+        for i in range(self.running):
             t = threading.Thread(target=self._worker, name=f"prefetch-{i}", daemon=True)
             t.start()
             self.threads.append(t)
@@ -173,7 +175,10 @@ class Prefetcher:
             log.exception("prefetch stopped")
         finally:
             with self.lock:
-                if all(not t.is_alive() or t is threading.current_thread() for t in self.threads):
+                self.running -= 1
+                if self.running == 0:  # the last worker out
+                    if self.fetcher.cache is not None:  # all on disk for good, now
+                        self.fetcher.cache.commit()
                     self.end = time.time()
                     log.info("prefetch finished: %d/%d chunks, %d requests, %d bytes, %d errors",
                              self.done, self.total, self.requests, self.bytes, self.errors)

@@ -74,3 +74,58 @@ def test_kill_9_never_leaves_a_wrong_ready_chunk(tmp_path):
             assert store.read(store.image.chunks(inode.ino, 0, inode.size)) == \
                 truth_blobs.read_file(inode.ino)
     store.close()
+
+
+def test_a_chunk_is_marked_ready_on_disk_only_after_its_data_is_durable(tmp_path, monkeypatch):
+    """Power loss: the ready byte of a chunk reaches the file only after an fdatasync of the data
+    file that followed the chunk's data write; close commits every written chunk."""
+    from daemon import chunkcache
+
+    src = make_source(tmp_path)
+    out = tmp_path / "img"
+    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x1000", "--blob-dir",
+                    str(out / "blobs"), "--bootstrap", str(out / "bootstrap"), str(src)], check=True,
+                   capture_output=True)
+    store = BlobStore(rafs.open_image(out / "bootstrap"),
+                      StorageOptions("localfs", {"dir": str(out / "blobs")},
+                                     work_dir=str(tmp_path / "cache"), memory_cache_bytes=1))
+    image, f = store.image, store.cache.files[0]
+    events: list[tuple] = []
+    pwrite, fdatasync = os.pwrite, os.fdatasync
+
+    def spy_pwrite(fd, data, offset):
+        if fd == f.data_fd:
+            events.append(("data", offset))
+        elif fd == f.ready_fd and offset >= chunkcache.HEADER_SIZE:
+            events.append(("ready", offset - chunkcache.HEADER_SIZE, bytes(data)))
+        return pwrite(fd, data, offset)
+
+    def spy_fdatasync(fd):
+        if fd == f.data_fd:
+            events.append(("sync",))
+        return fdatasync(fd)
+
+    monkeypatch.setattr(chunkcache.os, "pwrite", spy_pwrite)
+    monkeypatch.setattr(chunkcache.os, "fdatasync", spy_fdatasync)
+    index = {c.uncompressed_offset: c.chunk_index
+             for _p, i in walk(image) if i.is_reg for c in image.file_chunks(i.ino)}
+    for _p, i in walk(image):
+        if i.is_reg:
+            store.read(image.chunks(i.ino, 0, i.size))
+    store.close()
+    written, marked, last_sync = {}, set(), -1
+    for n, e in enumerate(events):
+        if e[0] == "data":
+            written[index[e[1]]] = n
+        elif e[0] == "sync":
+            last_sync = n
+        elif set(e[2]) == {1}:
+            for i in range(e[1], e[1] + len(e[2])):
+                assert written[i] < last_sync, f"chunk {i} marked ready before its data was synced"
+                marked.add(i)
+    syncs = sum(e[0] == "sync" for e in events)
+    assert len(written) > 100 and marked == set(written)
+    assert syncs < len(written) // 10  # in groups, not one fdatasync per chunk
+    cache = ChunkCache(str(tmp_path / "cache"), image.blobs)
+    assert cache.files[0].ready_count() == len(marked)
+    cache.close()
