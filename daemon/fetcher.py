@@ -22,7 +22,7 @@ from rafs.chunkmap import merge_runs
 
 from .backends import Backend
 from .chunkcache import ChunkCache
-from .storage_errors import BackendError, StorageError
+from .storage_errors import BackendError, StorageError, WouldBlock
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,13 @@ class Fetcher:
 
     def get_chunks(self, chunks: Sequence[ChunkInfo], max_request: int, amplify: int = 0,
                    follow: Callable[[], Sequence[ChunkInfo]] | None = None,
-                   ) -> dict[tuple[int, int], bytes]:
+                   may_wait: bool = True) -> dict[tuple[int, int], bytes]:
         """Data of every chunk, keyed by (blob_index, compressed_offset).
 
         Missing chunks are fetched in merged runs of at most `max_request` bytes; with `amplify`
         > 0 a sequential miss is also widened, up to `amplify` bytes: to `follow()` (the chunks
         that come next in the file being read) when given, else to the following chunks of the
-        blob."""
+        blob. Without `may_wait`, a missing chunk raises WouldBlock (nothing is fetched)."""
         out: dict[tuple[int, int], bytes] = {}
         missing = []
         for c in chunks:
@@ -136,6 +136,8 @@ class Fetcher:
             else:
                 out[key] = data
         if missing:
+            if not may_wait:
+                raise WouldBlock
             self._fetch_missing(missing, max_request, amplify, out, follow)
         return out
 

@@ -20,7 +20,7 @@ import trio
 
 import rafs
 
-from .storage_errors import StorageError
+from .storage_errors import StorageError, WouldBlock
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,11 @@ class RafsOperations(pyfuse3.Operations):
         pieces = self.image.chunks(ino, off, size)
         if not pieces:
             return b""
-        if self.store.can_read_now(pieces):
-            data = self.store.read(pieces, ino, off)
-        else:
+        try:
+            if not self.store.can_read_now(pieces):
+                raise WouldBlock
+            data = self.store.read(pieces, ino, off, inline=True)
+        except WouldBlock:  # the network, or another thread's fetch: never on the FUSE loop
             data = await trio.to_thread.run_sync(self.store.read, pieces, ino, off,
                                                  limiter=self.limiter)
         self.data_read += len(data)

@@ -108,8 +108,12 @@ class BlobStore:
         self.ci_loaded = True
 
     def read(self, pieces: Sequence[rafs.ChunkPiece], ino: int | None = None,
-             offset: int = 0) -> bytes:
+             offset: int = 0, *, inline: bool = False) -> bytes:
         """The bytes of `pieces` concatenated (holes as zeros); raises StorageError on failure.
+        With `inline` (the FUSE loop serving a read `can_read_now` allowed) a chunk of a remote
+        backend that has since left memory (or that another thread has started fetching) raises
+        WouldBlock instead of waiting: the caller hands the read to a thread. Local blobs are
+        read inline, as `can_read_now` allows.
 
         `ino` and `offset` say which file the pieces were cut from and where: a read that goes on
         inside a file is then widened (amplify_io) only to that file's next chunks, so reading a
@@ -122,7 +126,9 @@ class BlobStore:
             def follow() -> list[rafs.ChunkInfo]:  # called only when a miss is widened
                 end = offset + sum(p.length for p in pieces)
                 return [p.chunk for p in self.image.chunks(ino, end, amplify) if p.chunk]
-        got = self.fetcher.get_chunks(chunks, MERGE_LIMIT, amplify, follow) if chunks else {}
+        got = self.fetcher.get_chunks(chunks, MERGE_LIMIT, amplify, follow,
+                                      may_wait=not inline or self.backend.kind == "localfs",
+                                      ) if chunks else {}
         out = []
         for p in pieces:
             if p.chunk is None:

@@ -13,3 +13,7 @@ class BackendError(StorageError):
 
 class TemporaryBackendError(BackendError):
     """A backend request failed in a way worth retrying (connection, timeout, 5xx, 429, short body)."""
+
+
+class WouldBlock(Exception):
+    """A read asked not to wait (on the FUSE loop) needs the network or another thread's fetch."""

@@ -344,3 +344,29 @@ def test_a_failing_cache_disk_serves_uncached(built, tmp_path, caplog, monkeypat
     assert caplog.text.count("cache write failed") == 1
     assert store.cache.files[0].ready_count() == 0
     store.close()
+
+
+def test_an_inline_read_never_waits_for_the_network(built):
+    """The FUSE loop reads inline only what needs no network: a chunk of a remote backend that
+    is not (or no longer) in memory raises WouldBlock, so that a thread fetches it instead."""
+    from daemon.storage_errors import WouldBlock
+
+    server = FaultServer(built / "blobs")
+    try:
+        image = rafs.open_image(built / "bootstrap")
+        store = BlobStore(image, StorageOptions(
+            "registry", {"scheme": "http", "host": f"127.0.0.1:{server.port}", "repo": "r"},
+            cache_type=""))
+        _p, inode = _files(image)[0]
+        pieces = image.chunks(inode.ino, 0, inode.size)
+        with pytest.raises(WouldBlock):
+            store.read(pieces, inline=True)
+        assert store.backend.stats["read_count"] == 0
+        data = store.read(pieces)
+        assert store.read(pieces, inline=True) == data  # now in memory
+        store.close()
+    finally:
+        server.stop()
+    local = _local(built, cache_type="")
+    assert local.read(local.image.chunks(inode.ino, 0, inode.size), inline=True) == data
+    local.close()
