@@ -188,6 +188,8 @@ class Prefetcher:
         if todo:
             size = sum(c.compressed_size for c in todo)
             self.bucket.take(size, self.stop_event)
+            if self.stop_event.is_set():  # the bucket let go because we stop: no more fetching
+                return
             try:
                 self.fetcher.get_chunks(todo, self.options.prefetch_merging_size)
                 with self.lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -20,6 +21,7 @@ from .storage_errors import BackendError, TemporaryBackendError
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
+TOKEN_BODY_MAX = 1 << 20  # a token answer is a few KiB
 USER_AGENT = "pynydusd/0.1 (nydusd/1.0.0 compatible)"
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 
@@ -152,17 +154,22 @@ class RegistryBackend(Backend):
                 "client_id": "nydus-registry-client"}
         headers = {"Authorization": self.basic} if self.basic else {}
         s = self._session()
+        deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
         try:
-            r = s.post(realm, data=form, headers=headers, timeout=self.timeout, verify=self.verify)
+            r = s.post(realm, data=form, headers=headers, timeout=self.timeout, verify=self.verify,
+                       stream=True)
             if r.status_code >= 400:
+                r.close()
                 r = s.get(realm, params=form, headers=headers, timeout=self.timeout,
-                          verify=self.verify)
-        except requests.RequestException as e:
+                          verify=self.verify, stream=True)
+        except (requests.RequestException, ValueError) as e:
             raise TemporaryBackendError(f"token request failed: {type(e).__name__}") from None
         if r.status_code >= 400:
+            r.close()
             raise BackendError(f"token server answered {r.status_code}")
+        raw = _capped_body(r, TOKEN_BODY_MAX, deadline)
         try:
-            body = r.json()
+            body = json.loads(raw)
         except ValueError:
             raise BackendError("token server did not answer JSON") from None
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
@@ -192,7 +199,9 @@ def _body(r, offset: int, size: int, deadline: float | None = None) -> bytes:
     try:
         if status in (429,) or status >= 500:
             raise TemporaryBackendError(f"server answered {status}")
-        if status == 200 and "Content-Range" not in r.headers:
+        if status == 200 and "Content-Range" not in r.headers and not (
+                offset == 0 and r.headers.get("Content-Length") == str(size)):
+            # (a 200 with exactly the bytes asked for from the start is the whole blob: fine)
             raise BackendError("server ignored the Range header (200 without Content-Range)")
         if status not in (200, 206):
             raise BackendError(f"server answered {status}: {r.raw.read(200, decode_content=True)!r}")
@@ -220,6 +229,26 @@ def _body(r, offset: int, size: int, deadline: float | None = None) -> bytes:
         r.close()
     if got != size:
         raise TemporaryBackendError(f"short body: {got} of {size} bytes")
+    return b"".join(parts)
+
+
+def _capped_body(r, limit: int, deadline: float | None) -> bytes:
+    """The whole body of a small answer (a token): at most `limit` bytes, in by `deadline`."""
+    parts, got = [], 0
+    try:
+        while piece := r.raw.read1(1 << 16, decode_content=True):
+            parts.append(piece)
+            got += len(piece)
+            if got > limit:
+                raise BackendError(f"answer larger than {limit} bytes")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TemporaryBackendError("answer too slow")
+    except BackendError:
+        raise
+    except Exception as e:  # connection reset mid-body and the like
+        raise TemporaryBackendError(f"reading answer: {type(e).__name__}") from None
+    finally:
+        r.close()
     return b"".join(parts)
 
 

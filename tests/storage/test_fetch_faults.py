@@ -370,3 +370,37 @@ def test_an_inline_read_never_waits_for_the_network(built):
     local = _local(built, cache_type="")
     assert local.read(local.image.chunks(inode.ino, 0, inode.size), inline=True) == data
     local.close()
+
+
+def test_a_huge_token_answer_is_refused():
+    def respond(h):
+        if h.path.startswith("/token"):
+            return 200, {}, b'{"token": "' + b"x" * (2 << 20) + b'"}'
+        return 401, {"WWW-Authenticate": f'Bearer realm="{server.url}/token"'}, b""
+
+    server = ScriptedServer(respond)
+    try:
+        backend = RegistryBackend({"scheme": "http", "host": f"127.0.0.1:{server.port}",
+                                   "repo": "r"})
+        backend.retries = 0
+        with pytest.raises(BackendError, match="larger than"):
+            backend.read("c" * 64, 0, 10)
+    finally:
+        server.stop()
+
+
+def test_a_plain_200_is_taken_only_when_it_is_exactly_the_range_asked_for():
+    """A server that ignores Range answers 200 with the whole blob: right when the read asked
+    for the whole blob from its start (RFC 7233 allows it), refused otherwise."""
+    blob = bytes(range(10))
+    server = ScriptedServer(lambda h: (200, {}, blob))
+    try:
+        backend = RegistryBackend({"scheme": "http", "host": f"127.0.0.1:{server.port}",
+                                   "repo": "r"})
+        backend.retries = 0
+        assert backend.read("d" * 64, 0, 10) == blob
+        for offset, size in ((0, 5), (2, 8)):
+            with pytest.raises(BackendError, match="ignored the Range"):
+                backend.read("d" * 64, offset, size)
+    finally:
+        server.stop()
