@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 VERSION = "0.1.0"
@@ -142,18 +143,24 @@ def make_config(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `pynydusd` and of the `nydusd` drop-in."""
+    # first of all: a SIGTERM/SIGINT from here on is a request to stop, never a crash
+    stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     prog = os.path.basename(sys.argv[0]) or "pynydusd"
     args = parse_args(sys.argv[1:] if argv is None else argv, prog)
-    from . import logs
-
-    logs.setup(args.log_level, args.log_file)
     try:
+        from . import logs
+
+        logs.setup(args.log_level, args.log_file)
         from .service import Daemon
 
-        daemon = Daemon(args, make_config(args))
+        daemon = Daemon(args, make_config(args), stop)
         return daemon.run()
     except Exception as e:  # startup failure: one clear line, exit 1 (nydusd prints Error: ...)
         log.debug("startup failed", exc_info=True)
+        while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+            e = e.exceptions[0]  # say what failed, not "Exceptions from Trio nursery"
         print(f"Error: {e}", file=sys.stderr)
         return 1
 

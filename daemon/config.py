@@ -39,6 +39,10 @@ class DaemonConfig:
         for key in ("auth", "registry_token", "access_key_id", "access_key_secret", "password"):
             if cfg.get(key):
                 cfg[key] = ""
+        if isinstance(cfg.get("mirrors"), list):  # their headers carry credentials too
+            cfg["mirrors"] = [{**m, "headers": {k: "" for k in m.get("headers") or {}}}
+                              if isinstance(m, dict) and isinstance(m.get("headers"), dict)
+                              else m for m in cfg["mirrors"]]
         return {"backend": {"type": self.storage.backend_type, "config": cfg},
                 "cache": {"type": self.storage.cache_type, "work_dir": self.storage.work_dir}}
 
@@ -57,12 +61,63 @@ def _int(d: dict, key: str, default: int, lo: int = 0, hi: int = 1 << 40) -> int
     return v
 
 
+def _section(d: dict, key: str) -> dict:
+    """d[key] as a dict ({} when absent or null); anything else is an error naming the key."""
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"'{key}' must be an object, not {type(v).__name__} {str(v)[:40]!r}")
+    return v
+
+
+def _str(d: dict, key: str, default: str = "") -> str:
+    v = d.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, str):
+        raise ConfigError(f"'{key}' must be a string, not {v!r}")
+    return v
+
+
+def _seconds(d: dict, key: str, default: float) -> float:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1 << 31:
+        raise ConfigError(f"'{key}' must be a number of seconds, not {v!r}")
+    return v
+
+
+# the typed fields of each backend's config (upstream rejects a config whose field has the wrong
+# type; a string "false" must never pass for false, least of all in skip_verify)
+_FIELDS = {
+    "registry": {"scheme": _str, "host": _str, "repo": _str, "auth": _str, "registry_token": _str,
+                 "skip_verify": lambda d, k: _bool(d, k, False),
+                 "timeout": lambda d, k: _seconds(d, k, 5),
+                 "connect_timeout": lambda d, k: _seconds(d, k, 5),
+                 "retry_limit": lambda d, k: _int(d, k, 0, 0, 1000),
+                 "blob_url_scheme": _str, "blob_redirected_host": _str},
+    "localfs": {"dir": _str, "blob_file": _str},
+}
+
+
 def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
-    if kind not in BACKENDS:
+    if not isinstance(kind, str) or kind not in BACKENDS:
         raise ConfigError(f"unknown backend type {kind!r}")
     if kind not in ("registry", "localfs"):
         raise ConfigError(f"backend type {kind!r} is not supported by pynydusd (registry, localfs)")
+    if cfg is not None and not isinstance(cfg, dict):
+        raise ConfigError(f"the {kind} backend's config must be an object, not {cfg!r:.40}")
     cfg = dict(cfg or {})
+    for key, check in _FIELDS[kind].items():
+        if cfg.get(key) is not None:
+            check(cfg, key)
+    if kind == "registry":
+        proxy = _section(cfg, "proxy")
+        _str(proxy, "url")
+        if "fallback" in proxy:
+            _bool(proxy, "fallback", True)
+    if kind == "localfs" and not all(isinstance(x, str) for x in cfg.get("alt_dirs") or []):
+        raise ConfigError("'alt_dirs' must be a list of strings")
     if kind == "registry" and (not cfg.get("host") or not cfg.get("repo")):
         raise ConfigError("registry backend needs 'host' and 'repo'")
     if kind == "localfs":
@@ -75,23 +130,28 @@ def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
 
 
 def _cache(kind: str, cfg: dict, opts: StorageOptions) -> None:
-    if kind not in CACHES:
+    if not isinstance(kind, str) or kind not in CACHES:
         raise ConfigError(f"unknown cache type {kind!r}")
     if kind == "fscache":
         raise ConfigError("cache type 'fscache' is for the kernel fscache mode, not FUSE")
     opts.cache_type = kind
     if kind in ("blobcache", "filecache"):
-        work_dir = (cfg or {}).get("work_dir", ".")
+        work_dir = _str(cfg, "work_dir", ".")
         if not work_dir:
             raise ConfigError(f"cache type {kind!r} needs a non-empty 'work_dir'")
         opts.work_dir = os.path.abspath(work_dir)
 
 
-def _prefetch(p: dict, opts: StorageOptions, v1: bool) -> None:
+def _prefetch(p: dict, opts: StorageOptions, v1: bool, workers: dict | None = None) -> None:
+    """Prefetch settings: what to prefetch from `p`, the workers (threads, request size, rate)
+    from `workers` (v2's [cache.prefetch]) when given, else from `p` too."""
+    w = p if workers is None else workers
     opts.prefetch_enable = _bool(p, "enable", False)
-    opts.prefetch_threads = _int(p, "threads_count" if v1 else "threads", 8, 1, 1024)
-    opts.prefetch_merging_size = _int(p, "merging_size" if v1 else "batch_size", 1 << 20, 0, 256 << 20)
-    opts.prefetch_bandwidth_rate = _int(p, "bandwidth_rate" if v1 else "bandwidth_limit", 0)
+    threads = "threads_count" if v1 else "threads"
+    opts.prefetch_threads = (_int(w, threads, 8, 1, 1024) if opts.prefetch_enable
+                             else _int(w, threads, 8, 0, 1 << 20) or 8)
+    opts.prefetch_merging_size = _int(w, "merging_size" if v1 else "batch_size", 1 << 20, 0, 256 << 20)
+    opts.prefetch_bandwidth_rate = _int(w, "bandwidth_rate" if v1 else "bandwidth_limit", 0)
     opts.prefetch_all = _bool(p, "prefetch_all", v1)
 
 
@@ -101,39 +161,43 @@ def parse_v1(d: dict) -> DaemonConfig:
     if not isinstance(device, dict) or not isinstance(device.get("backend"), dict):
         raise ConfigError("v1 config needs 'device.backend'")
     if d.get("mode") not in ("direct", "cached"):
-        raise ConfigError(f"'mode' must be 'direct' or 'cached', not {d.get('mode')!r}")
+        raise ConfigError(f"'mode' must be 'direct' or 'cached', not {d.get('mode')!r:.40}")
     backend = device["backend"]
-    kind, cfg = _backend(backend.get("type", ""), backend.get("config", {}))
+    kind, cfg = _backend(backend.get("type", ""), backend.get("config"))
     opts = StorageOptions(kind, cfg)
-    cache = device.get("cache") or {}
-    _cache(cache.get("type", ""), cache.get("config", {}), opts)
+    cache = _section(device, "cache")
+    _cache(cache.get("type", ""), _section(cache, "config"), opts)
     opts.cache_validate = _bool(cache, "validate", False)
     opts.digest_validate = _bool(d, "digest_validate", False)
-    opts.amplify_io = _int(d, "amplify_io", 1 << 20)
-    _prefetch(d.get("fs_prefetch") or {}, opts, v1=True)
-    return DaemonConfig(device.get("id", ""), opts, _bool(d, "enable_xattr", False), d["mode"], 1, d)
+    opts.amplify_io = _int(d, "amplify_io", 1 << 20, 0, 256 << 20)
+    _prefetch(_section(d, "fs_prefetch"), opts, v1=True)
+    return DaemonConfig(_str(device, "id"), opts, _bool(d, "enable_xattr", False), d["mode"], 1, d)
 
 
 def parse_v2(d: dict) -> DaemonConfig:
     """A nydusd v2 config (TOML or JSON), `version = 2`."""
     if d.get("version") != 2:
         raise ConfigError("not a v2 config")
-    backend = d.get("backend") or {}
-    kind = backend.get("type", "")
-    kind, cfg = _backend(kind, backend.get(kind.replace("-", "_"), backend.get(kind, {})))
+    backend = _section(d, "backend")
+    kind = _str(backend, "type")
+    kind, cfg = _backend(kind, backend.get(kind.replace("-", "_"), backend.get(kind)))
     opts = StorageOptions(kind, cfg)
-    cache = d.get("cache") or {}
-    ckind = cache.get("type", "")
-    _cache(ckind, cache.get(ckind, {}), opts)
+    cache = _section(d, "cache")
+    ckind = _str(cache, "type")
+    # blobcache is filecache: its work_dir lives in [cache.filecache]
+    _cache(ckind, _section(cache, ckind) or (_section(cache, "filecache")
+                                             if ckind == "blobcache" else {}), opts)
     opts.cache_validate = _bool(cache, "validate", False)
-    rafs_cfg = d.get("rafs") or {}
+    rafs_cfg = _section(d, "rafs")
     mode = rafs_cfg.get("mode", "direct")
     if mode not in ("direct", "cached"):
-        raise ConfigError(f"'rafs.mode' must be 'direct' or 'cached', not {mode!r}")
+        raise ConfigError(f"'rafs.mode' must be 'direct' or 'cached', not {mode!r:.40}")
     opts.digest_validate = _bool(rafs_cfg, "validate", False)
     opts.amplify_io = _int(rafs_cfg, "batch_size", 1 << 20, 0, 256 << 20)
-    _prefetch(rafs_cfg.get("prefetch") or cache.get("prefetch") or {}, opts, v1=False)
-    return DaemonConfig(d.get("id", ""), opts, _bool(rafs_cfg, "enable_xattr", False), mode, 2, d)
+    # [rafs.prefetch] says what to prefetch, [cache.prefetch] drives the workers
+    fs_p, st_p = _section(rafs_cfg, "prefetch"), _section(cache, "prefetch")
+    _prefetch(fs_p or st_p, opts, v1=False, workers=st_p or fs_p)
+    return DaemonConfig(_str(d, "id"), opts, _bool(rafs_cfg, "enable_xattr", False), mode, 2, d)
 
 
 def load_config(path: str) -> DaemonConfig:
@@ -151,7 +215,7 @@ def parse_config_text(text: str, name: str = "config") -> DaemonConfig:
     errors = []
     try:
         d = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         d = None
         errors.append(f"JSON: {e}")
     if d is None:
@@ -159,7 +223,7 @@ def parse_config_text(text: str, name: str = "config") -> DaemonConfig:
 
         try:
             d = tomllib.loads(text)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             errors.append(f"TOML: {e}")
             raise ConfigError(f"failed to parse configuration information in {name}: "
                               + "; ".join(errors)) from None

@@ -178,8 +178,10 @@ class RafsOperations(pyfuse3.Operations):
                 raise WouldBlock
             data = self.store.read(pieces, ino, off, inline=True)
         except WouldBlock:  # the network, or another thread's fetch: never on the FUSE loop
+            # abandon_on_cancel: on shutdown, a read stuck on a dead server must not hold up
+            # the exit (its thread is a daemon thread, left to time out on its own)
             data = await trio.to_thread.run_sync(self.store.read, pieces, ino, off,
-                                                 limiter=self.limiter)
+                                                 limiter=self.limiter, abandon_on_cancel=True)
         self.data_read += len(data)
         return data
 

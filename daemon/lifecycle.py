@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import socket
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +70,48 @@ def socket_alive(path: str) -> bool:
         s.close()
 
 
-def clear_stale_mount(mountpoint: str, apisock: str | None) -> None:
-    """Detach a dead FUSE mount left at `mountpoint` (nydusd-contract 6.5, recommended divergence).
+PROBE_S = 2.0  # how long a mount has to answer statfs
 
-    A mount whose daemon still answers (its API socket accepts, or statfs works without an API
-    socket to ask) is left alone and reported as an error.
-    """
+
+def _answers(mountpoint: str) -> bool:
+    """True when statfs of `mountpoint` works, False when its FUSE connection is gone (a killed
+    daemon). A mount whose daemon is alive but stopped (SIGSTOP) never answers: RuntimeError
+    after PROBE_S rather than hanging the start."""
+    out: dict = {}
+
+    def probe() -> None:
+        try:
+            os.statvfs(mountpoint)  # never answered from the kernel's attribute cache, unlike stat
+            out["ok"] = True
+        except OSError as e:
+            out["error"] = e
+
+    t = threading.Thread(target=probe, name="mount-probe", daemon=True)
+    t.start()
+    t.join(PROBE_S)
+    if t.is_alive():
+        raise RuntimeError(f"the mount at {mountpoint} does not answer (is its daemon stopped?)")
+    e = out.get("error")
+    if e is None:
+        return True
+    if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
+        return False
+    raise e
+
+
+def clear_stale_mount(mountpoint: str, apisock: str | None) -> None:
+    """Detach a dead FUSE mount left at `mountpoint` (nydusd-contract 6.5/6.6): one whose daemon
+    was killed (its connection is gone). A FUSE mount that answers is some running daemon's,
+    whatever its API socket does: it is left alone and reported as an error."""
     fstype = mounted_fstype(mountpoint)
-    dead = False
-    try:
-        os.statvfs(mountpoint)  # never answered from the kernel's attribute cache, unlike stat
-    except OSError as e:
-        if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
-            raise
-        dead = True
-    if fstype is None and not dead:
-        return
-    if not (fstype or "").startswith("fuse") and not dead:
+    if fstype is not None and not fstype.startswith("fuse"):
         return  # e.g. a bind mount the user made: mount on top of it, as nydusd would
-    if not dead and apisock and socket_alive(apisock):
-        raise RuntimeError(f"{mountpoint} is served by a running daemon (its API socket answers)")
-    if not dead and not apisock:
-        raise RuntimeError(f"{mountpoint} already holds a live FUSE mount")
+    if _answers(mountpoint):
+        if fstype is None:
+            return
+        who = "its API socket answers" if apisock and socket_alive(apisock) else "it answers"
+        raise RuntimeError(f"{mountpoint} already holds a live FUSE mount ({who}): "
+                           "stop its daemon first")
     log.warning("detaching the stale FUSE mount at %s left by a previous daemon", mountpoint)
     lazy_unmount(mountpoint)
 

@@ -14,11 +14,12 @@ log = logging.getLogger("pynydusd")
 class Daemon:
     """One mount of one image, from start to a clean exit."""
 
-    def __init__(self, args: argparse.Namespace, config) -> None:
+    def __init__(self, args: argparse.Namespace, config, stop: list[int] | None = None) -> None:
         self.args = args
         self.config = config
         self.api = None
         self.store = None
+        self.early = stop if stop is not None else []  # signals seen before run() took over
         self.signalled = False
 
     def run(self) -> int:
@@ -28,6 +29,9 @@ class Daemon:
         from .storage import BlobStore
 
         args, cfg = self.args, self.config
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._record_signal)
+        self.signalled = bool(self.early)
         _tame_malloc()
         mountpoint = os.path.realpath(args.mountpoint)
         clear_stale_mount(mountpoint, args.apisock)
@@ -38,8 +42,10 @@ class Daemon:
         self.store = BlobStore(image, cfg.storage)
         # until trio listens (and after it stops), a SIGTERM/SIGINT is recorded, never fatal:
         # the mount must always be detached on the way out
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._record_signal)
+        if self.signalled:  # asked to stop before anything was mounted
+            log.info("stopping before the mount, as asked")
+            self.store.close()
+            return 0
         fd = kernel_mount(mountpoint)
         log.info("RAFS v%d image %s mounted at %s (%s backend, %s)", image.version, args.bootstrap,
                  mountpoint, cfg.storage.backend_type, _speedup())
@@ -102,8 +108,12 @@ class Daemon:
 
             state = ApiState(args.id, args.supervisor, mountpoint, self.config.redacted(), ops,
                              self.store)
-            self.api = ApiServer(os.path.abspath(args.apisock), state)
-            self.api.start()
+            try:
+                api = ApiServer(os.path.abspath(args.apisock), state)
+                api.start()
+                self.api = api
+            except OSError as e:  # the mount is worth more than the API: serve on without it
+                log.error("cannot listen on the API socket %s: %s", args.apisock, e)
         await trio.to_thread.run_sync(self._background_start, abandon_on_cancel=True)
 
     def _background_start(self) -> None:

@@ -89,6 +89,42 @@ enable = true
 ''')
     assert cfg.version == 2 and cfg.storage.backend_config["dir"] == "/srv/blobs"
     assert cfg.storage.prefetch_enable and not cfg.storage.prefetch_all  # v2 default false
+    assert cfg.storage.work_dir == "/var/cache/x"  # blobcache's work_dir is [cache.filecache]'s
+
+
+def test_v2_cache_prefetch_drives_the_workers():
+    """[rafs.prefetch] says what to prefetch; [cache.prefetch] sets threads, request size, rate."""
+    cfg = parse_config_text('''
+version = 2
+[backend]
+type = "localfs"
+[backend.localfs]
+dir = "/srv/blobs"
+[cache]
+type = "blobcache"
+[cache.prefetch]
+enable = true
+threads = 2
+bandwidth_limit = 1048576
+[rafs.prefetch]
+enable = true
+prefetch_all = true
+threads = 16
+''')
+    s = cfg.storage
+    assert (s.prefetch_enable, s.prefetch_all, s.prefetch_threads, s.prefetch_bandwidth_rate) == (
+        True, True, 2, 1048576)
+
+
+def test_prefetch_threads_are_checked_only_when_prefetch_is_on():
+    off = {**SEALER_JSON, "fs_prefetch": {"enable": False, "threads_count": 0}}
+    assert not parse_config_text(json.dumps(off)).storage.prefetch_enable
+
+
+def _sealer_with(**backend_config) -> str:
+    cfg = json.loads(json.dumps(SEALER_JSON))
+    cfg["device"]["backend"]["config"].update(backend_config)
+    return json.dumps(cfg)
 
 
 @pytest.mark.parametrize("text, what", [
@@ -98,6 +134,19 @@ enable = true
     (json.dumps({**SEALER_JSON, "mode": "fast"}), "mode"),
     (json.dumps({**SEALER_JSON, "fs_prefetch": {"enable": True, "threads_count": 0}}),
      "threads_count"),
+    # wrong types are refused by name, as upstream's typed parser does: "false" is not false
+    (_sealer_with(skip_verify="false"), "'skip_verify' must be true or false"),
+    (_sealer_with(timeout="5"), "'timeout' must be a number"),
+    (_sealer_with(retry_limit="abc"), "'retry_limit' must be an integer"),
+    (_sealer_with(repo=5), "'repo' must be a string"),
+    (_sealer_with(proxy={"url": "http://p", "fallback": "false"}), "'fallback' must be true"),
+    (json.dumps({**SEALER_JSON, "device": {**SEALER_JSON["device"], "cache": "blobcache"}}),
+     "'cache' must be an object"),
+    (json.dumps({**SEALER_JSON, "fs_prefetch": True}), "'fs_prefetch' must be an object"),
+    (json.dumps({**SEALER_JSON, "device": {**SEALER_JSON["device"],
+                                           "backend": {"type": "registry", "config": "x"}}}),
+     "config must be an object"),
+    ("[" * 100000 + "]" * 100000, "failed to parse"),
 ])
 def test_bad_configs_say_why(text, what):
     with pytest.raises(ConfigError, match=what):

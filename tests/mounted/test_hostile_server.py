@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,13 @@ def sha(path: Path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def mount(image_dir: Path, tmp_path: Path, port: int, digest_validate: bool) -> tuple[Daemon, Path]:
+def mount(image_dir: Path, tmp_path: Path, port: int, digest_validate: bool,
+          timeout: int = 1) -> tuple[Daemon, Path]:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({
         "device": {"backend": {"type": "registry", "config": {
             "host": f"127.0.0.1:{port}", "repo": "hostile/test", "scheme": "http",
-            "timeout": 1, "connect_timeout": 1, "retry_limit": 2}},
+            "timeout": timeout, "connect_timeout": 1, "retry_limit": 2}},
             "cache": {"type": "blobcache", "config": {"work_dir": str(tmp_path / "cache")}}},
         "mode": "direct", "digest_validate": digest_validate, "fs_prefetch": {"enable": False}}))
     mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
@@ -108,5 +110,30 @@ def test_faulty_server_gives_right_bytes_or_eio(image, tmp_path, mode, digest_va
         out = d.output()
         assert "Traceback" not in out, out
     finally:
+        d.stop()
+        server.stop()
+
+
+def test_sigterm_during_a_read_stuck_on_a_silent_server_exits_at_once(image, tmp_path):
+    """E10: a reader blocked on a server that never answers (5 s timeout, retries) must not hold
+    up a SIGTERM: the daemon detaches the mount and exits 0 within a second or two."""
+    require_fuse()
+    image_dir, _ = image
+    server = FaultServer(image_dir / "blobs", stall_s=60.0)
+    server.mode = "stall"
+    d, _sock = mount(image_dir, tmp_path, server.port, False, timeout=10)
+    mnt = tmp_path / "mnt"
+    reader = subprocess.Popen(["cat", str(mnt / "big.bin")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while sum(server.served.values()) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the read is now waiting on the server
+        assert sum(server.served.values()), "the read never reached the server"
+        rc, took = d.terminate(timeout=20)
+        assert rc == 0 and took < 3, (rc, took, d.output()[-2000:])
+    finally:
+        reader.kill()
+        reader.wait()
         d.stop()
         server.stop()

@@ -137,3 +137,25 @@ def test_restart_over_a_killed_daemons_mount(built, tmp_path):
         second.stop()
         first.stop()
     assert fstype_at(mnt) is None
+
+
+def test_a_second_daemon_leaves_a_live_mount_alone(built, tmp_path):
+    """Only a dead FUSE mount is stale: a second daemon (its own API socket, which of course does
+    not answer yet) must refuse the mountpoint of a daemon that is serving it."""
+    require_fuse()
+    tmp, _src = built
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    def argv(sock: str) -> list[str]:
+        return [str(PYNYDUSD), "--bootstrap", str(tmp / "v5/bootstrap"), "--backend",
+                str(tmp / "v5/blobs"), "--apisock", str(tmp_path / sock), str(mnt)]
+
+    first = Daemon(argv("a.sock"), mnt)
+    try:
+        second = subprocess.run(argv("b.sock"), capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1 and "live FUSE mount" in second.stderr, second.stderr
+        assert first.proc.poll() is None
+        assert (mnt / "README.txt").read_bytes().startswith(b"pynydusd sample image")
+    finally:
+        first.stop()
