@@ -8,6 +8,7 @@ import os
 import socketserver
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
 from . import logs
@@ -69,13 +70,26 @@ class ApiState:
         return "\n".join(lines) + "\n"
 
 
+MAX_BODY = 64 << 10  # the largest request body the API takes (a log level, a config)
+MAX_CLIENTS = 32  # connections served at once; more are answered 503 and closed
+IDLE_S = 10.0  # a connection that sends nothing for this long is closed
+UNSUPPORTED = ("/api/v1/daemon/fuse/sendfd", "/api/v1/daemon/fuse/takeover", "/api/v1/daemon/exit",
+               "/api/v1/daemon/start", "/api/v1/mount", "/api/v1/daemon/backend",
+               "/api/v1/metrics/files", "/api/v1/metrics/pattern", "/api/v1/config",
+               "/api/v2/blobs")
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Nydus API"
     sys_version = ""
+    timeout = IDLE_S  # socket timeout: an idle or stalled client is dropped
 
     def log_message(self, fmt: str, *args) -> None:
         log.debug("api: " + fmt, *args)
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def _send(self, code: int, body: object = None, ctype: str = "application/json") -> None:
         data = b"" if body is None else (body.encode() if isinstance(body, str)
@@ -89,10 +103,38 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, code: int, message: str) -> None:
         self._send(code, {"code": "UNDEFINED", "message": message})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a bad request line, an unknown method) in nydusd's shape."""
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # garbage is no HTTP/0.9 request: answer with headers
+        try:
+            self._error(400 if code == 501 else code, message or self.responses.get(code, ("",))[0])
+        except OSError:
+            pass
+
+    def _route(self, method: str) -> None:
+        path, _, query = self.path.partition("?")
+        try:
+            if method == "GET" and path in self._gets():
+                return self._get(path, urllib.parse.parse_qs(query))
+            if method == "PUT" and path in ("/api/v1/daemon", "/api/v2/daemon"):
+                return self._put_daemon()
+            if path.startswith(UNSUPPORTED):
+                return self._error(501, "pynydusd does not implement this (hot upgrade, failover, "
+                                        "several instances, blob cache or config reload)")
+            if path in self._gets() or path in ("/api/v1/daemon", "/api/v2/daemon"):
+                return self._error(400, f"method {method} is not allowed on {path}")
+            self._error(404, "NoRoute")
+        except OSError:
+            raise
+        except Exception as e:  # the API must never die
+            log.exception("api %s %s failed", method, path)
+            self._error(500, f"{type(e).__name__}: {e}")
+
+    def _gets(self) -> dict:
         st: ApiState = self.server.state
-        path = self.path.split("?", 1)[0]
-        routes = {
+        return {
             "/api/v1/daemon": lambda: st.daemon_info(),
             "/api/v2/daemon": lambda: st.daemon_info(v2=True),
             "/api/v1/metrics": st.ops.fs_metrics,
@@ -100,39 +142,103 @@ class _Handler(BaseHTTPRequestHandler):
             "/api/v1/metrics/blobcache": st.blobcache_metrics,
             "/api/v1/daemon/events": lambda: {"max_errors": 500, "total_errors": 0,
                                               "max_size": 51200, "total_size": 0, "errors": []},
+            "/api/v1/metrics/inflight": None,
+            "/metrics": None,
         }
+
+    def _get(self, path: str, query: dict) -> None:
+        st: ApiState = self.server.state
+        ids = query.get("id")
+        if ids is not None and path.startswith("/api/v1/metrics") and not (
+                path == "/api/v1/metrics/inflight" or ids[-1] in (
+                    ("", st.daemon_id or "") if path.endswith("blobcache") else ("/",))):
+            return self._error(404, f"no instance with id {ids[-1][:100]!r}")
+        if path == "/api/v1/metrics/inflight":
+            return self._send(204)
+        if path == "/metrics":
+            return self._send(200, st.prometheus(), "text/plain; version=0.0.4")
+        self._send(200, self._gets()[path]())
+
+    def _body(self) -> bytes | None:
+        """The request body (at most MAX_BODY bytes), or None after answering 400."""
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            self.close_connection = True
+            self._error(400, "a body with a valid Content-Length is needed")
+            return None
+        n = int(length)
+        if n > MAX_BODY:
+            self.close_connection = True
+            self._error(400, f"body of {n} bytes is larger than {MAX_BODY}")
+            return None
+        return self.rfile.read(n)
+
+    def _put_daemon(self) -> None:
+        body = self._body()
+        if body is None:
+            return
         try:
-            if path == "/api/v1/metrics/inflight":
-                return self._send(204)
-            if path == "/metrics":
-                return self._send(200, st.prometheus(), "text/plain; version=0.0.4")
-            if path in routes:
-                return self._send(200, routes[path]())
-            self._error(404, "NoRoute")
-        except Exception as e:  # the API must never die
-            log.exception("api GET %s failed", path)
-            self._error(500, f"{type(e).__name__}: {e}")
+            request = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            return self._error(400, f"unparsable body: {e}")
+        if not isinstance(request, dict) or "log_level" not in request:
+            return self._error(400, "body must be {\"log_level\": \"<level>\"}")
+        level = request["log_level"]
+        try:
+            if not isinstance(level, str):
+                raise ValueError(f"invalid log level {level!r}")
+            logs.set_level(level)
+        except ValueError as e:  # upstream: an invalid level is a 500
+            return self._error(500, str(e))
+        self._send(204)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._route("GET")
 
     def do_PUT(self) -> None:  # noqa: N802
-        path = self.path.split("?", 1)[0]
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if path in ("/api/v1/daemon", "/api/v2/daemon"):
-            try:
-                logs.set_level(json.loads(body)["log_level"])
-            except (ValueError, KeyError, TypeError) as e:
-                return self._error(500 if isinstance(e, ValueError) else 400, str(e))
-            return self._send(204)
-        if path in ("/api/v1/daemon/fuse/sendfd", "/api/v1/daemon/fuse/takeover",
-                    "/api/v1/daemon/exit", "/api/v1/daemon/start"):
-            return self._error(501, "pynydusd does not implement hot upgrade or failover "
-                                    "(supervisor fd hand-over)")
-        self._error(404, "NoRoute")
+        self._route("PUT")
 
-    do_POST = do_DELETE = do_PUT  # noqa: N815
+    def do_POST(self) -> None:  # noqa: N802
+        self._route("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._route("DELETE")
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128  # clients connecting together queue, they are not refused
+
+    def __init__(self, *args) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(*args)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):  # full: say so and hang up, keep the fds
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nServer: Nydus API\r\n"
+                                b"Content-Type: application/json\r\nContent-Length: 54\r\n"
+                                b"Connection: close\r\n\r\n"
+                                b'{"code": "UNDEFINED", "message": "too many clients"}  ')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("api connection error", exc_info=True)  # a client hanging up early
 
 
 class ApiServer:

@@ -56,7 +56,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--upgrade", action="store_true", help="not supported (hot upgrade)")
     p.add_argument("--failover-policy", choices=["resend", "flush", "none"], default="resend")
     p.add_argument("--writable", action="store_true", help="not supported: the mount is read-only")
-    p.add_argument("--rlimit-nofile", type=int, default=0, help="accepted for compatibility")
+    p.add_argument("--rlimit-nofile", type=int, default=1_000_000,
+                   help="raise RLIMIT_NOFILE (soft and hard) to this, as nydusd does; 0: leave it")
     p.add_argument("-s", "--shared-dir", help="not supported (passthrough)")
     p.add_argument("-V", "--version", action="version", version=f"{prog} {VERSION} (pynydusd)")
     return p

@@ -147,3 +147,26 @@ def kernel_mount(mountpoint: str) -> int:
         os.close(fd)
         raise OSError(err, f"cannot mount FUSE at {mountpoint}: {os.strerror(err)}")
     return fd
+
+
+def raise_nofile(value: int) -> None:
+    """nydusd's --rlimit-nofile: soft and hard RLIMIT_NOFILE := min(value, max(current,
+    min(fs.file-max - 16384, 1000000))); 0 leaves it alone. Never fatal (logged instead)."""
+    import resource
+
+    if value <= 0:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/file-max") as f:
+            file_max = int(f.read())
+    except (OSError, ValueError):
+        file_max = 1 << 20
+    target = min(value, max(soft, min(file_max - 16384, 1_000_000)))
+    for limits in ((target, target), (min(target, hard), hard)):  # the second without privilege
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return
+        except (OSError, ValueError) as e:
+            error = e
+    log.warning("cannot set RLIMIT_NOFILE to %d: %s", target, error)

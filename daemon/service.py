@@ -25,13 +25,14 @@ class Daemon:
     def run(self) -> int:
         import rafs
 
-        from .lifecycle import clear_stale_mount, kernel_mount, lazy_unmount
+        from .lifecycle import clear_stale_mount, kernel_mount, lazy_unmount, raise_nofile
         from .storage import BlobStore
 
         args, cfg = self.args, self.config
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._record_signal)
         self.signalled = bool(self.early)
+        raise_nofile(getattr(args, "rlimit_nofile", 0))
         _tame_malloc()
         mountpoint = os.path.realpath(args.mountpoint)
         clear_stale_mount(mountpoint, args.apisock)

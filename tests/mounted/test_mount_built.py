@@ -9,12 +9,13 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from rafs import chunkmap
-from tests.mountutil import PYNYDUSD, BlobServerProc, Daemon, fstype_at, require_fuse
+from tests.mountutil import PYNYDUSD, BlobServerProc, Daemon, fstype_at, require_fuse, wait_for
 from tests.treeutil import make_source, source_manifest
 
 IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
@@ -159,3 +160,85 @@ def test_a_second_daemon_leaves_a_live_mount_alone(built, tmp_path):
         assert (mnt / "README.txt").read_bytes().startswith(b"pynydusd sample image")
     finally:
         first.stop()
+
+
+def _raw_api(sock: Path, request: bytes) -> tuple[int, dict, bytes]:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(str(sock))
+    s.sendall(request)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, payload
+
+
+def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
+    """Every answer in nydusd's shape (JSON, `Server: Nydus API`): 400 for a wrong method or a
+    bad body, 404 for an unknown id, 501 for what is not implemented; idle and surplus clients
+    cost bounded file descriptors, and the mount keeps serving."""
+    require_fuse()
+    tmp, _src = built
+    mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--backend",
+                str(tmp / "v6/blobs"), "--apisock", str(sock), str(mnt)], mnt)
+    try:
+        wait_for(sock.is_socket, what="the API socket")
+        level = b'{"log_level": "info"}'
+        cases = [
+            (b"POST /api/v1/daemon HTTP/1.1\r\nContent-Length: 21\r\n\r\n" + level, 400),
+            (b"DELETE /api/v1/daemon HTTP/1.1\r\nContent-Length: 21\r\n\r\n" + level, 400),
+            (b"PATCH /api/v1/daemon HTTP/1.1\r\n\r\n", 400),
+            (b"garbage\r\n\r\n", 400),
+            (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400),
+            (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 4\r\n\r\nnull", 400),
+            (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
+            (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 100000000000\r\n\r\n", 400),
+            (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 16\r\n\r\n" + b'{"log_level": 5}', 500),
+            (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 21\r\n\r\n" + level, 204),
+            (b"GET /api/v1/metrics?id=/nonexistent HTTP/1.1\r\n\r\n", 404),
+            (b"GET /api/v1/metrics?id=/ HTTP/1.1\r\n\r\n", 200),
+            (b"GET /api/v2/blobs HTTP/1.1\r\n\r\n", 501),
+            (b"POST /api/v1/mount?mountpoint=/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 501),
+        ]
+        for request, code in cases:
+            got, headers, body = _raw_api(sock, request.replace(
+                b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+            assert got == code, (request, got, body)
+            assert headers["Server"] == "Nydus API", headers
+            if body:
+                assert headers["Content-Type"] == "application/json"
+                assert got < 300 or json.loads(body)["code"] == "UNDEFINED"
+        fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        idle = []
+        for _ in range(200):  # clients that connect and never speak
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock))
+            idle.append(s)
+        time.sleep(0.5)
+        assert len(os.listdir(f"/proc/{d.proc.pid}/fd")) < fds + 60
+        assert (mnt / "README.txt").read_bytes().startswith(b"pynydusd sample image")
+        for s in idle:
+            s.close()
+        wait_for(lambda: _raw_api(sock, b"GET /api/v1/daemon HTTP/1.1\r\nConnection: close"
+                                        b"\r\n\r\n")[0] == 200, what="the API after the flood")
+        # a burst of clients connecting together: each gets an answer, none is refused
+        burst = []
+        for _ in range(60):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock))
+            burst.append(s)
+        for s in burst:
+            s.sendall(b"GET /api/v1/daemon HTTP/1.1\r\nConnection: close\r\n\r\n")
+        for s in burst:
+            s.settimeout(10)
+            assert s.recv(12).split()[1] in (b"200", b"503")
+            s.close()
+        d.assert_clean_log()
+    finally:
+        d.stop()
