@@ -140,8 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/api/v1/metrics": st.ops.fs_metrics,
             "/api/v1/metrics/backend": st.backend_metrics,
             "/api/v1/metrics/blobcache": st.blobcache_metrics,
-            "/api/v1/daemon/events": lambda: {"max_errors": 500, "total_errors": 0,
-                                              "max_size": 51200, "total_size": 0, "errors": []},
+            "/api/v1/daemon/events": logs.ERRORS.snapshot,
             "/api/v1/metrics/inflight": None,
             "/metrics": None,
         }

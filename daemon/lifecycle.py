@@ -7,6 +7,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import re
 import socket
 import threading
 
@@ -24,12 +25,17 @@ def mounted_fstype(path: str) -> str | None:
             for line in f:
                 fields = line.split()
                 sep = fields.index("-")
-                mnt = fields[4].replace("\\040", " ")
+                mnt = _unescape(fields[4])
                 if mnt == real:
                     found = fields[sep + 1]
     except OSError:
         return None
     return found
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: the kernel writes space, tab, newline and backslash as \\ooo."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 _LIBC = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import email.utils
 import logging
 import sys
 import time
@@ -26,6 +28,40 @@ class NydusFormatter(logging.Formatter):
         return msg
 
 
+class ErrorRing(logging.Handler):
+    """The latest ERROR records, for nydusd's `GET /api/v1/daemon/events`: at most MAX_ERRORS
+    entries and MAX_SIZE bytes of `<HTTP-date> - <text>` lines, oldest dropped first."""
+
+    MAX_ERRORS, MAX_SIZE = 500, 51200
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.entries: collections.deque[str] = collections.deque()
+        self.size = self.total = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{email.utils.formatdate(record.created, usegmt=True)} - {record.getMessage()}"
+        except Exception:  # a record whose message cannot be formatted
+            text = f"{email.utils.formatdate(record.created, usegmt=True)} - {record.msg!r}"
+        text = text[:self.MAX_SIZE]
+        with self.lock:
+            self.entries.append(text)
+            self.size += len(text)
+            self.total += 1
+            while len(self.entries) > self.MAX_ERRORS or self.size > self.MAX_SIZE:
+                self.size -= len(self.entries.popleft())
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"max_errors": self.MAX_ERRORS, "total_errors": self.total,
+                    "max_size": self.MAX_SIZE, "total_size": self.size,
+                    "errors": list(self.entries)}
+
+
+ERRORS = ErrorRing()
+
+
 def setup(level: str = "info", log_file: str | None = None) -> None:
     """Send all logs to stderr (or a file, in append mode) at `level`."""
     if log_file:
@@ -36,7 +72,7 @@ def setup(level: str = "info", log_file: str | None = None) -> None:
         h = logging.StreamHandler(sys.stderr)
     h.setFormatter(NydusFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [h]
+    root.handlers[:] = [h, ERRORS]
     set_level(level)
 
 

@@ -107,6 +107,10 @@ def test_faulty_server_gives_right_bytes_or_eio(image, tmp_path, mode, digest_va
             assert faulty.get(mode, 0) >= 2, f"the read was not retried: {faulty}"
             failures = metrics["read_errors"] + metrics["read_retries"] + metrics["fetch_bad_data"]
             assert failures > 0, metrics
+            # and the failed read is in the error ring, dated
+            events = json.loads(_api(sock, "GET", "/api/v1/daemon/events")[1])
+            assert events["total_errors"] >= 1 and events["errors"], events
+            assert " GMT - " in events["errors"][-1]
         out = d.output()
         assert "Traceback" not in out, out
     finally:
