@@ -153,7 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
                     ("", st.daemon_id or "") if path.endswith("blobcache") else ("/",))):
             return self._error(404, f"no instance with id {ids[-1][:100]!r}")
         if path == "/api/v1/metrics/inflight":
-            return self._send(204)
+            busy = st.ops.inflight_ops()
+            return self._send(200, busy) if busy else self._send(204)
         if path == "/metrics":
             return self._send(200, st.prometheus(), "text/plain; version=0.0.4")
         self._send(200, self._gets()[path]())

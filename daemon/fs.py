@@ -31,12 +31,24 @@ FOPS = ("getattr", "readlink", "open", "release", "read", "statfs", "getxattr", 
         "opendir", "lookup", "readdir", "readdirplus", "access", "forget", "batch_forget")
 
 
+# FUSE opcodes of the operations, as /api/v1/metrics/inflight reports them
+OPCODES = {"lookup": 1, "forget": 2, "getattr": 3, "readlink": 5, "open": 14, "read": 15,
+           "statfs": 17, "release": 18, "getxattr": 22, "listxattr": 23, "opendir": 27,
+           "readdir": 28, "releasedir": 29, "access": 34, "batch_forget": 42, "readdirplus": 44}
+
+
 def handler(name: str):
-    """Wrap an operation: count it, and turn every failure into a FUSEError."""
+    """Wrap an operation: count it, note it in flight, and turn every failure into a FUSEError."""
+    opcode = OPCODES.get(name, 0)
+
     def wrap(fn):
         @functools.wraps(fn)
         async def op(self, *args):
             self.hits[name] += 1
+            self.serial += 1
+            unique = self.serial
+            first = args[0] if args and isinstance(args[0], int) else 0
+            self.inflight[unique] = (first, opcode, time.time())
             try:
                 return await fn(self, *args)
             except pyfuse3.FUSEError as e:
@@ -55,6 +67,8 @@ def handler(name: str):
                 self.errors[name] += 1
                 log.exception("%s%r: unexpected error", name, args[:2])
                 raise pyfuse3.FUSEError(errno.EIO) from None
+            finally:
+                del self.inflight[unique]
         return op
     return wrap
 
@@ -88,6 +102,8 @@ class RafsOperations(pyfuse3.Operations):
         self.errors: Counter = Counter()
         self.data_read = 0
         self.nr_opens = 0
+        self.serial = 0
+        self.inflight: dict[int, tuple[int, int, float]] = {}  # unique -> (inode, opcode, start)
 
     # -- inode numbers: the kernel's root is 1; swap it with the image's root ----------------
 
@@ -231,6 +247,12 @@ class RafsOperations(pyfuse3.Operations):
     create = _readonly()
     setxattr = _readonly()
     removexattr = _readonly()
+
+    def inflight_ops(self) -> list[dict]:
+        """Operations being served now (nydusd's /api/v1/metrics/inflight), oldest first."""
+        now = dict(self.inflight)  # one atomic copy: the FUSE loop changes it meanwhile
+        return [{"inode": ino, "opcode": opcode, "unique": unique, "timestamp_secs": int(start)}
+                for unique, (ino, opcode, start) in sorted(now.items())]
 
     def fs_metrics(self) -> dict:
         """nydusd's FsIoStats shape (api/v1/metrics)."""

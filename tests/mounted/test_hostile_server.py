@@ -125,7 +125,7 @@ def test_sigterm_during_a_read_stuck_on_a_silent_server_exits_at_once(image, tmp
     image_dir, _ = image
     server = FaultServer(image_dir / "blobs", stall_s=60.0)
     server.mode = "stall"
-    d, _sock = mount(image_dir, tmp_path, server.port, False, timeout=10)
+    d, sock = mount(image_dir, tmp_path, server.port, False, timeout=10)
     mnt = tmp_path / "mnt"
     reader = subprocess.Popen(["cat", str(mnt / "big.bin")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -134,6 +134,9 @@ def test_sigterm_during_a_read_stuck_on_a_silent_server_exits_at_once(image, tmp
         while sum(server.served.values()) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)  # the read is now waiting on the server
         assert sum(server.served.values()), "the read never reached the server"
+        # hang detection: the stuck read is in flight (FUSE opcode 15)
+        status, body = _api(sock, "GET", "/api/v1/metrics/inflight")
+        assert status == 200 and any(op["opcode"] == 15 for op in json.loads(body)), body
         rc, took = d.terminate(timeout=20)
         assert rc == 0 and took < 3, (rc, took, d.output()[-2000:])
     finally:

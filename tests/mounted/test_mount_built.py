@@ -204,6 +204,7 @@ def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
             (b"GET /api/v1/metrics?id=/nonexistent HTTP/1.1\r\n\r\n", 404),
             (b"GET /api/v1/metrics?id=/ HTTP/1.1\r\n\r\n", 200),
             (b"GET /api/v2/blobs HTTP/1.1\r\n\r\n", 501),
+            (b"GET /api/v1/metrics/inflight HTTP/1.1\r\n\r\n", 204),  # nothing in flight
             (b"POST /api/v1/mount?mountpoint=/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 501),
         ]
         for request, code in cases:
