@@ -46,14 +46,18 @@ class ApiState:
         m = self.store.metrics()
         return {k: m.get(k, 0) for k in ("backend_type", "read_count", "read_errors",
                                           "read_amount_total", "read_cumulative_latency_millis_total",
+                                          "read_cumulative_latency_millis_dist",
+                                          "read_count_block_size_dist", "read_latency_sizes_dist",
                                           "read_retries", "fetch_bad_data")}
 
     def blobcache_metrics(self) -> dict:
         m = self.store.metrics()
         keys = ("underlying_files", "store_path", "partial_hits", "whole_hits", "total",
                 "prefetch_data_amount", "prefetch_requests_count", "prefetch_workers",
-                "prefetch_begin_time_secs", "prefetch_end_time_secs", "data_all_ready",
-                "prefetch_done", "prefetch_total")
+                "prefetch_unmerged_chunks", "prefetch_cumulative_time_millis",
+                "prefetch_begin_time_secs", "prefetch_begin_time_millis",
+                "prefetch_end_time_secs", "prefetch_end_time_millis", "buffered_backend_size",
+                "data_all_ready", "prefetch_done", "prefetch_total")
         return {k: m.get(k, 0) for k in keys} | {"entries_count": m.get("total", 0)}
 
     def prometheus(self) -> str:

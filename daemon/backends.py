@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from rafs import is_valid_blob_id
 
+from .metrics import backend_latency_bucket, size_bucket
 from .storage_errors import BackendError, TemporaryBackendError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ class Backend:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.stats = {"read_count": 0, "read_errors": 0, "read_retries": 0,
-                      "read_amount_total": 0, "read_cumulative_latency_millis_total": 0}
+                      "read_amount_total": 0, "read_cumulative_latency_millis_total": 0,
+                      # nydusd's histograms: by request size slot, and size x latency slot
+                      "read_cumulative_latency_millis_dist": [0] * 8,
+                      "read_count_block_size_dist": [0] * 8,
+                      "read_latency_sizes_dist": [[0] * 8 for _ in range(8)]}
 
     def read(self, blob_id: str, offset: int, size: int) -> bytes:
         """Exactly `size` bytes at `offset` of blob `blob_id`."""
@@ -72,7 +77,17 @@ class Backend:
             self.stats["read_count"] += 1
             self.stats["read_amount_total"] += len(data)
             self.stats["read_cumulative_latency_millis_total"] += int(ms)
+            slot = size_bucket(size)
+            self.stats["read_cumulative_latency_millis_dist"][slot] += int(ms)
+            self.stats["read_count_block_size_dist"][slot] += 1
+            self.stats["read_latency_sizes_dist"][slot][backend_latency_bucket(ms)] += 1
         return data
+
+    def snapshot(self) -> dict:
+        """A copy of the counters (histograms included), taken under the lock."""
+        with self.lock:
+            return {k: [list(x) if isinstance(x, list) else x for x in v] if isinstance(v, list)
+                    else v for k, v in self.stats.items()}
 
     def _read(self, blob_id: str, offset: int, size: int) -> bytes:
         raise NotImplementedError

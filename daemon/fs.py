@@ -20,6 +20,7 @@ import trio
 
 import rafs
 
+from .metrics import read_latency_bucket, size_bucket
 from .storage_errors import StorageError, WouldBlock
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def handler(name: str):
             self.serial += 1
             unique = self.serial
             first = args[0] if args and isinstance(args[0], int) else 0
-            self.inflight[unique] = (first, opcode, time.time())
+            start = time.time()
+            self.inflight[unique] = (first, opcode, start)
             try:
                 return await fn(self, *args)
             except pyfuse3.FUSEError as e:
@@ -69,6 +71,10 @@ def handler(name: str):
                 raise pyfuse3.FUSEError(errno.EIO) from None
             finally:
                 del self.inflight[unique]
+                us = (time.time() - start) * 1e6
+                self.latency_us[name] += int(us)
+                if opcode == 15:  # read
+                    self.read_latency[read_latency_bucket(us)] += 1
         return op
     return wrap
 
@@ -103,6 +109,9 @@ class RafsOperations(pyfuse3.Operations):
         self.data_read = 0
         self.nr_opens = 0
         self.serial = 0
+        self.latency_us: Counter = Counter()
+        self.read_latency = [0] * 8
+        self.read_sizes = [0] * 8
         self.inflight: dict[int, tuple[int, int, float]] = {}  # unique -> (inode, opcode, start)
 
     # -- inode numbers: the kernel's root is 1; swap it with the image's root ----------------
@@ -199,6 +208,7 @@ class RafsOperations(pyfuse3.Operations):
             data = await trio.to_thread.run_sync(self.store.read, pieces, ino, off,
                                                  limiter=self.limiter, abandon_on_cancel=True)
         self.data_read += len(data)
+        self.read_sizes[size_bucket(size)] += 1
         return data
 
     @handler("statfs")
@@ -257,7 +267,10 @@ class RafsOperations(pyfuse3.Operations):
     def fs_metrics(self) -> dict:
         """nydusd's FsIoStats shape (api/v1/metrics)."""
         return {"files_account_enabled": False, "access_pattern_enabled": False,
-                "record_latest_read_files_enabled": False, "measure_latency": False, "id": "/",
+                "record_latest_read_files_enabled": False, "measure_latency": True, "id": "/",
                 "nr_opens": self.nr_opens, "data_read": self.data_read,
+                "block_count_read": list(self.read_sizes),
                 "fop_hits": [self.hits[f] for f in FOPS],
-                "fop_errors": [self.errors[f] for f in FOPS]}
+                "fop_errors": [self.errors[f] for f in FOPS],
+                "fop_cumulative_latency_total": [self.latency_us[f] for f in FOPS],
+                "read_latency_dist": list(self.read_latency)}

@@ -207,7 +207,13 @@ class Prefetcher:
             return {"prefetch_workers": len(self.threads), "prefetch_done": self.done,
                     "prefetch_total": self.total, "prefetch_requests_count": self.requests,
                     "prefetch_data_amount": self.bytes, "prefetch_errors": self.errors,
-                    "prefetch_begin_time_secs": int(self.begin), "prefetch_end_time_secs": int(self.end)}
+                    "prefetch_unmerged_chunks": self.done,
+                    "prefetch_cumulative_time_millis": int(
+                        ((self.end or time.time()) - self.begin) * 1000) if self.begin else 0,
+                    "prefetch_begin_time_secs": int(self.begin),
+                    "prefetch_begin_time_millis": int(self.begin % 1 * 1000),
+                    "prefetch_end_time_secs": int(self.end),
+                    "prefetch_end_time_millis": int(self.end % 1 * 1000)}
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the workers, waiting for them up to `timeout` seconds in all (they are daemon

@@ -174,7 +174,7 @@ class BlobStore:
     def metrics(self) -> dict:
         """Counters: backend (requests, bytes, errors), cache (hits, misses), prefetch (done/total)."""
         f = dict(self.fetcher.stats)
-        b = dict(self.backend.stats)
+        b = self.backend.snapshot()
         p = self.prefetcher.stats() if self.prefetcher else {}
         return {"backend_type": self.backend.kind, **b, **{f"fetch_{k}": v for k, v in f.items()},
                 "whole_hits": f["mem_hits"] + f["disk_hits"], "partial_hits": 0,

@@ -100,10 +100,22 @@ def test_api_socket(built, tmp_path):
         code, body = _api(sock, "GET", "/api/v1/metrics")
         m = json.loads(body)
         assert code == 200 and m["data_read"] >= 1114112 and len(m["fop_hits"]) == 15
+        # nydusd's histograms: every read counted by size and by latency
+        assert len(m["fop_cumulative_latency_total"]) == 15 and m["fop_cumulative_latency_total"][4]
+        assert len(m["block_count_read"]) == len(m["read_latency_dist"]) == 8
+        assert sum(m["block_count_read"]) == sum(m["read_latency_dist"]) == m["fop_hits"][4] > 0
         code, body = _api(sock, "GET", "/api/v1/metrics/backend")
-        assert json.loads(body)["read_count"] > 0
+        b = json.loads(body)
+        assert b["read_count"] > 0
+        assert sum(b["read_count_block_size_dist"]) == b["read_count"]
+        assert sum(map(sum, b["read_latency_sizes_dist"])) == b["read_count"]
+        assert len(b["read_cumulative_latency_millis_dist"]) == 8
         code, body = _api(sock, "GET", "/api/v1/metrics/blobcache")
-        assert code == 200 and "whole_hits" in json.loads(body)
+        c = json.loads(body)
+        assert code == 200 and "whole_hits" in c
+        assert {"prefetch_unmerged_chunks", "prefetch_cumulative_time_millis",
+                "prefetch_begin_time_millis", "prefetch_end_time_millis",
+                "buffered_backend_size"} <= set(c)
         code, body = _api(sock, "GET", "/metrics")
         assert code == 200 and b"pynydusd_storage_read_count" in body
         code, body = _api(sock, "GET", "/api/v1/nothing")
