@@ -43,8 +43,19 @@ class DaemonConfig:
             cfg["mirrors"] = [{**m, "headers": {k: "" for k in m.get("headers") or {}}}
                               if isinstance(m, dict) and isinstance(m.get("headers"), dict)
                               else m for m in cfg["mirrors"]]
-        return {"backend": {"type": self.storage.backend_type, "config": cfg},
-                "cache": {"type": self.storage.cache_type, "work_dir": self.storage.work_dir}}
+        st = self.storage
+        cache: dict = {"type": st.cache_type, "validate": st.cache_validate}
+        if st.cache_type in ("blobcache", "filecache"):
+            cache["filecache"] = {"work_dir": st.work_dir}
+        prefetch = {"enable": st.prefetch_enable, "threads": st.prefetch_threads,
+                    "batch_size": st.prefetch_merging_size,
+                    "bandwidth_limit": st.prefetch_bandwidth_rate, "prefetch_all": st.prefetch_all}
+        return {"version": 2, "id": self.id,  # nydusd renders the config as v2 JSON
+                "backend": {"type": st.backend_type, st.backend_type: cfg},
+                "cache": {**cache, "prefetch": prefetch},
+                "rafs": {"mode": self.mode, "batch_size": st.amplify_io,
+                         "validate": st.digest_validate, "enable_xattr": self.enable_xattr,
+                         "prefetch": prefetch}}
 
 
 def _bool(d: dict, key: str, default: bool) -> bool:

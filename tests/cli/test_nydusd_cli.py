@@ -151,3 +151,17 @@ def _sealer_with(**backend_config) -> str:
 def test_bad_configs_say_why(text, what):
     with pytest.raises(ConfigError, match=what):
         parse_config_text(text)
+
+
+def test_the_config_the_api_shows_is_v2_json_that_parses_back(tmp_path, monkeypatch):
+    """backend_collection's config is the config rendered as v2 JSON, secrets blanked: parsed
+    again it gives the same storage settings."""
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config_text(_sealer_with(auth="dTpw", registry_token="s3cr3t-t0ken"))
+    shown = cfg.redacted()
+    assert shown["version"] == 2 and shown["backend"]["registry"]["auth"] == ""
+    assert "dTpw" not in json.dumps(shown) and "s3cr3t-t0ken" not in json.dumps(shown)
+    again = parse_config_text(json.dumps(shown))
+    keep = ("backend_type", "cache_type", "work_dir", "prefetch_enable", "prefetch_all",
+            "prefetch_threads", "prefetch_merging_size", "prefetch_bandwidth_rate", "amplify_io")
+    assert {k: getattr(again.storage, k) for k in keep} == {k: getattr(cfg.storage, k) for k in keep}
