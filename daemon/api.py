@@ -119,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         path, _, query = self.path.partition("?")
+        if method != "PUT" and self.headers.get("Content-Length", "0").strip() != "0":
+            self.close_connection = True  # a body nobody reads: this connection ends here
         try:
             if method == "GET" and path in self._gets():
                 return self._get(path, urllib.parse.parse_qs(query))
@@ -165,8 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes | None:
         """The request body (at most MAX_BODY bytes), or None after answering 400."""
-        length = self.headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
+        length = (self.headers.get("Content-Length") or "").strip()
+        if not (length.isascii() and length.isdigit() and len(length) <= 12):
             self.close_connection = True
             self._error(400, "a body with a valid Content-Length is needed")
             return None

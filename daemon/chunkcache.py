@@ -69,6 +69,7 @@ class BlobCacheFile:
             self.close()
             raise
         self.full_warned = False
+        self.broken = False  # a sync failed: nothing more is cached for this blob
         self.pending: set[int] = set()  # written chunks whose ready bytes are not committed
 
     def _reset(self, header: bytes) -> None:
@@ -89,13 +90,17 @@ class BlobCacheFile:
         """The cached data of `chunk`, or None when it is not ready."""
         if not self.usable(chunk) or not self.ready[chunk.chunk_index]:
             return None
-        data = os.pread(self.data_fd, chunk.uncompressed_size, chunk.uncompressed_offset)
+        try:
+            data = os.pread(self.data_fd, chunk.uncompressed_size, chunk.uncompressed_offset)
+        except OSError as e:  # a failing disk: fetch the chunk again instead
+            self._warn(e)
+            return None
         return data if len(data) == chunk.uncompressed_size else None
 
     def put(self, chunk: ChunkInfo, data: bytes) -> bool:
         """Store `data` and mark the chunk ready (committed to disk later, see `commit`); False
         (and nothing marked) when the write fails: a full disk, an I/O error."""
-        if not self.usable(chunk) or self.ready[chunk.chunk_index]:
+        if self.broken or not self.usable(chunk) or self.ready[chunk.chunk_index]:
             return False
         try:
             written = os.pwrite(self.data_fd, data, chunk.uncompressed_offset)
@@ -119,14 +124,20 @@ class BlobCacheFile:
             return
         try:
             os.fdatasync(self.data_fd)
-        except OSError as e:
+        except OSError as e:  # the data may not be on disk, nor that of chunks written since
+            # (a writeback error is reported once): none of them is ready, and this blob is
+            # served uncached from now on
             with lock:
                 self._warn(e)
-                for i in pending - self.pending:
+                self.broken = True
+                for i in pending | self.pending:
                     self.ready[i] = 0
+                self.pending = set()
             return
         with lock:
             marks = sorted(i for i in pending if self.ready[i] and i not in self.pending)
+            if not marks:  # all forgotten (or written again) meanwhile
+                return
             try:
                 start = prev = marks[0] if marks else -1
                 for i in marks[1:] + [-1]:  # contiguous chunks in one write
@@ -209,9 +220,14 @@ class ChunkCache:
                 return False
             waiting = len(f.pending)
             if self.committer is None and not self.durable and not self.closing:
-                self.committer = threading.Thread(target=self._commit_loop, daemon=True,
-                                                  name="cache-commit")
-                self.committer.start()
+                committer = threading.Thread(target=self._commit_loop, daemon=True,
+                                             name="cache-commit")
+                try:
+                    committer.start()
+                    self.committer = committer
+                except RuntimeError as e:  # no thread to be had: commit as we go instead
+                    log.warning("no cache commit thread (%s): committing every chunk", e)
+                    self.durable = True
         if self.durable:
             f.commit(self.lock)
         elif waiting >= COMMIT_CHUNKS:

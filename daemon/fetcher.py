@@ -275,19 +275,22 @@ class Fetcher:
                 except ChunkDataError as e:
                     decoded.append(None)
                     bad.append((c, e))
-            if bad:
-                with self.lock:
-                    self.stats["errors"] += 1
-                    self.stats["bad_data"] += len(bad)
-            e = next((e for c, e in bad if wanted is None or self._key(c) in wanted), None)
-            if e is None:
+            if not bad:
                 break
-            if attempt == self.data_retries:
+            with self.lock:
+                self.stats["errors"] += 1
+                self.stats["bad_data"] += len(bad)
+            if attempt < self.data_retries:
+                # bad data, even a neighbour's: all of it again (another read may be waiting
+                # for that neighbour); only after the last attempt is a bad neighbour dropped
+                log.warning("blob %s: %s; fetching again (%d/%d)", blob.blob_id, bad[0][1],
+                            attempt + 1, self.data_retries)
+                continue
+            e = next((e for c, e in bad if wanted is None or self._key(c) in wanted), None)
+            if e is not None:
                 log.error("blob %s: %s (after %d attempts)", blob.blob_id, e, attempt + 1)
                 self._fail(run, e)
                 raise StorageError(str(e)) from None
-            log.warning("blob %s: %s; fetching again (%d/%d)", blob.blob_id, e, attempt + 1,
-                        self.data_retries)
         for c, e in bad:  # neighbours only: dropped, their waiters told
             log.warning("blob %s: %s; not keeping this unrequested chunk", blob.blob_id, e)
             self._fail([c], e)

@@ -176,9 +176,11 @@ class Prefetcher:
         finally:
             with self.lock:
                 self.running -= 1
-                if self.running == 0:  # the last worker out
-                    if self.fetcher.cache is not None:  # all on disk for good, now
-                        self.fetcher.cache.commit()
+                last = self.running == 0
+            if last:  # the last worker out: all on disk for good, now (not under the lock)
+                if self.fetcher.cache is not None:
+                    self.fetcher.cache.commit()
+                with self.lock:
                     self.end = time.time()
                     log.info("prefetch finished: %d/%d chunks, %d requests, %d bytes, %d errors",
                              self.done, self.total, self.requests, self.bytes, self.errors)

@@ -84,8 +84,9 @@ class RegistryBackend(Backend):
     def _attempt(self, blob_id: str, offset: int, size: int) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
         url = self.redirects.get(blob_id) or self.base + blob_id
-        deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
         r = self._send(url, headers, blob_id)
+        # `timeout` bounds each request: its body too, from the moment the answer came
+        deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
         return _body(r, offset, size, deadline)
 
     def _send(self, url: str, headers: dict, blob_id: str):
@@ -154,7 +155,6 @@ class RegistryBackend(Backend):
                 "client_id": "nydus-registry-client"}
         headers = {"Authorization": self.basic} if self.basic else {}
         s = self._session()
-        deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
         try:
             r = s.post(realm, data=form, headers=headers, timeout=self.timeout, verify=self.verify,
                        stream=True)
@@ -167,6 +167,7 @@ class RegistryBackend(Backend):
         if r.status_code >= 400:
             r.close()
             raise BackendError(f"token server answered {r.status_code}")
+        deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
         raw = _capped_body(r, TOKEN_BODY_MAX, deadline)
         try:
             body = json.loads(raw)
@@ -241,7 +242,8 @@ def _capped_body(r, limit: int, deadline: float | None) -> bytes:
             got += len(piece)
             if got > limit:
                 raise BackendError(f"answer larger than {limit} bytes")
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline and \
+                    getattr(r.raw, "length_remaining", None) != 0:  # and not all in yet
                 raise TemporaryBackendError("answer too slow")
     except BackendError:
         raise

@@ -31,7 +31,7 @@ class Daemon:
         args, cfg = self.args, self.config
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._record_signal)
-        self.signalled = bool(self.early)
+        self.signalled = self.signalled or bool(self.early)  # never undo one that just came
         raise_nofile(getattr(args, "rlimit_nofile", 0))
         _tame_malloc()
         mountpoint = os.path.realpath(args.mountpoint)

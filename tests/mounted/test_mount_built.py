@@ -211,6 +211,8 @@ def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
             (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 4\r\n\r\nnull", 400),
             (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
             (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 100000000000\r\n\r\n", 400),
+            (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: \xc2\xb2\r\n\r\n", 400),
+            (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 400),
             (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 16\r\n\r\n" + b'{"log_level": 5}', 500),
             (b"PUT /api/v1/daemon HTTP/1.1\r\nContent-Length: 21\r\n\r\n" + level, 204),
             (b"GET /api/v1/metrics?id=/nonexistent HTTP/1.1\r\n\r\n", 404),

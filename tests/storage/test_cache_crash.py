@@ -129,3 +129,40 @@ def test_a_chunk_is_marked_ready_on_disk_only_after_its_data_is_durable(tmp_path
     cache = ChunkCache(str(tmp_path / "cache"), image.blobs)
     assert cache.files[0].ready_count() == len(marked)
     cache.close()
+
+
+def test_a_commit_whose_chunks_were_all_forgotten_leaves_the_cache_intact(tmp_path, monkeypatch):
+    """A chunk found bad (validate) while its commit syncs is not marked; the commit must then
+    write nothing at all (it once wrote a ready byte into the header, and the next start threw
+    the whole cache away)."""
+    from daemon import chunkcache
+
+    src = make_source(tmp_path)
+    out = tmp_path / "img"
+    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x10000", "--blob-dir",
+                    str(out / "blobs"), "--bootstrap", str(out / "bootstrap"), str(src)], check=True,
+                   capture_output=True)
+    image = rafs.open_image(out / "bootstrap")
+    truth = LocalBlobs(image, str(out / "blobs"))
+    chunks = sorted({c for _p, i in walk(image) if i.is_reg for c in image.file_chunks(i.ino)},
+                    key=lambda c: c.chunk_index)
+    cache = ChunkCache(str(tmp_path / "cache"), image.blobs)
+    for c in chunks[:3]:
+        assert cache.put(c, truth.chunk_data(c))
+    cache.commit()
+    bad = chunks[3]
+    assert cache.put(bad, truth.chunk_data(bad))
+    sync = os.fdatasync
+
+    def sync_then_forget(fd):  # the reader that finds it bad runs during the sync
+        sync(fd)
+        cache.forget(bad)
+
+    monkeypatch.setattr(chunkcache.os, "fdatasync", sync_then_forget)
+    cache.commit()
+    monkeypatch.undo()
+    cache.close()
+    again = ChunkCache(str(tmp_path / "cache"), image.blobs)
+    assert [again.is_ready(c) for c in chunks[:4]] == [True, True, True, False]
+    assert all(again.get(c) == truth.chunk_data(c) for c in chunks[:3])
+    again.close()

@@ -404,3 +404,52 @@ def test_a_plain_200_is_taken_only_when_it_is_exactly_the_range_asked_for():
                 backend.read("d" * 64, offset, size)
     finally:
         server.stop()
+
+
+def test_a_neighbour_wanted_by_another_read_is_fetched_again_when_bad(built):
+    """Thread A's read is widened to chunk k1, which thread B wants and waits for. One bad copy
+    of k1 is fetched again, as a wanted chunk would be: B gets its data, not EIO."""
+    store = _local(built, cache_type="", digest_validate=True, memory_cache_bytes=1)
+    fetcher = store.fetcher
+    chunks = sorted({p.chunk for _p, i in _files(store.image)
+                     for p in store.image.chunks(i.ino, 0, i.size) if p.chunk},
+                    key=lambda c: c.compressed_offset)
+    k0, k1 = chunks[0], chunks[1]
+    read, corrupted, b_waits = store.backend._read, [], threading.Event()
+
+    def bad_once(blob_id, off, size):
+        data = read(blob_id, off, size)
+        if threading.current_thread().name == "A":
+            b_waits.wait(10)
+            if not corrupted and off <= k1.compressed_offset < off + size:
+                corrupted.append(k1)
+                i = k1.compressed_offset - off
+                data = data[:i] + bytes(x ^ 0xFF for x in data[i:i + 8]) + data[i + 8:]
+        return data
+
+    store.backend._read = bad_once
+    fetcher._neighbours = lambda missing, limit, follow=None: [k1] if k0 in missing else []
+    got = {}
+
+    def run(name, wanted):
+        try:
+            fetcher.get_chunks(wanted, 1 << 20, amplify=1 << 20)
+            got[name] = "ok"
+        except StorageError as e:
+            got[name] = str(e)
+
+    a = threading.Thread(target=run, args=("A", [k0]), name="A")
+    a.start()
+    deadline = time.monotonic() + 10
+    while (k1.blob_index, k1.compressed_offset) not in fetcher.flights and \
+            time.monotonic() < deadline:
+        time.sleep(0.001)
+    b = threading.Thread(target=run, args=("B", [k1]), name="B")
+    b.start()
+    while not _waiting(b) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    b_waits.set()
+    a.join(10)
+    b.join(10)
+    assert corrupted and got == {"A": "ok", "B": "ok"}
+    store.close()
