@@ -212,43 +212,44 @@ def _body(r, offset: int, size: int, deadline: float | None = None) -> bytes:
                 raise TemporaryBackendError(
                     f"server sent range {r.headers['Content-Range'][:80]!r} for bytes "
                     f"{offset}-{offset + size - 1}")
-        parts, got = [], 0
-        while piece := r.raw.read1(1 << 16, decode_content=True):  # whatever has arrived
-            parts.append(piece)
-            got += len(piece)
-            if got > size:
-                raise TemporaryBackendError(f"body longer than the {size} bytes asked for")
-            if deadline is not None and time.monotonic() > deadline and got < size:
-                raise TemporaryBackendError(f"body too slow: {got} of {size} bytes in time")
-    except TemporaryBackendError:
-        raise
     except BackendError:
-        raise
-    except Exception as e:  # connection reset mid-body and the like
-        raise TemporaryBackendError(f"reading body: {type(e).__name__}") from None
-    finally:
         r.close()
-    if got != size:
-        raise TemporaryBackendError(f"short body: {got} of {size} bytes")
-    return b"".join(parts)
+        raise
+    except Exception as e:  # the connection failing while we look
+        r.close()
+        raise TemporaryBackendError(f"reading answer: {type(e).__name__}") from None
+    data = _read_all(r, size, deadline, size,
+                     TemporaryBackendError(f"body longer than the {size} bytes asked for"))
+    if len(data) != size:
+        raise TemporaryBackendError(f"short body: {len(data)} of {size} bytes")
+    return data
 
 
 def _capped_body(r, limit: int, deadline: float | None) -> bytes:
     """The whole body of a small answer (a token): at most `limit` bytes, in by `deadline`."""
+    return _read_all(r, limit, deadline, None, BackendError(f"answer larger than {limit} bytes"))
+
+
+def _read_all(r, limit: int, deadline: float | None, expect: int | None,
+              too_long: BackendError) -> bytes:
+    """r's body as it arrives (then r is closed): more than `limit` bytes raises `too_long`; a
+    body still incomplete (short of `expect` bytes, or of its Content-Length) at `deadline` and a
+    connection failing midway raise TemporaryBackendError."""
     parts, got = [], 0
     try:
-        while piece := r.raw.read1(1 << 16, decode_content=True):
+        while piece := r.raw.read1(1 << 16, decode_content=True):  # whatever has arrived
             parts.append(piece)
             got += len(piece)
             if got > limit:
-                raise BackendError(f"answer larger than {limit} bytes")
-            if deadline is not None and time.monotonic() > deadline and \
-                    getattr(r.raw, "length_remaining", None) != 0:  # and not all in yet
-                raise TemporaryBackendError("answer too slow")
+                raise too_long
+            done = got >= expect if expect is not None else \
+                getattr(r.raw, "length_remaining", None) == 0
+            if deadline is not None and time.monotonic() > deadline and not done:
+                raise TemporaryBackendError(f"body too slow: {got} bytes in time")
     except BackendError:
         raise
     except Exception as e:  # connection reset mid-body and the like
-        raise TemporaryBackendError(f"reading answer: {type(e).__name__}") from None
+        raise TemporaryBackendError(f"reading body: {type(e).__name__}") from None
     finally:
         r.close()
     return b"".join(parts)

@@ -71,8 +71,7 @@ def test_sealer_v1_config_defaults(tmp_path, monkeypatch):
     assert cfg.enable_xattr and not s.digest_validate
 
 
-def test_v2_toml_defaults_differ():
-    cfg = parse_config_text('''
+V2_LOCALFS = '''
 version = 2
 [backend]
 type = "localfs"
@@ -80,6 +79,11 @@ type = "localfs"
 dir = "/srv/blobs"
 [cache]
 type = "blobcache"
+'''
+
+
+def test_v2_toml_defaults_differ():
+    cfg = parse_config_text(V2_LOCALFS + '''
 [cache.filecache]
 work_dir = "/var/cache/x"
 [rafs]
@@ -94,14 +98,7 @@ enable = true
 
 def test_v2_cache_prefetch_drives_the_workers():
     """[rafs.prefetch] says what to prefetch; [cache.prefetch] sets threads, request size, rate."""
-    cfg = parse_config_text('''
-version = 2
-[backend]
-type = "localfs"
-[backend.localfs]
-dir = "/srv/blobs"
-[cache]
-type = "blobcache"
+    cfg = parse_config_text(V2_LOCALFS + '''
 [cache.prefetch]
 enable = true
 threads = 2

@@ -36,12 +36,17 @@ for _ in range(100):
 """
 
 
-def test_kill_9_never_leaves_a_wrong_ready_chunk(tmp_path):
-    src = make_source(tmp_path)
+def _build(tmp_path: Path, chunk_size: str) -> Path:
+    """Our builder's image of the sample tree under tmp_path/img (bootstrap, blobs/)."""
     out = tmp_path / "img"
-    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x1000", "--blob-dir",
-                    str(out / "blobs"), "--bootstrap", str(out / "bootstrap"), str(src)], check=True,
-                   capture_output=True)
+    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", chunk_size, "--blob-dir",
+                    str(out / "blobs"), "--bootstrap", str(out / "bootstrap"),
+                    str(make_source(tmp_path))], check=True, capture_output=True)
+    return out
+
+
+def test_kill_9_never_leaves_a_wrong_ready_chunk(tmp_path):
+    out = _build(tmp_path, "0x1000")
     image = rafs.open_image(out / "bootstrap")
     truth_blobs = LocalBlobs(image, str(out / "blobs"))
     blob = image.blobs[0]
@@ -81,11 +86,7 @@ def test_a_chunk_is_marked_ready_on_disk_only_after_its_data_is_durable(tmp_path
     file that followed the chunk's data write; close commits every written chunk."""
     from daemon import chunkcache
 
-    src = make_source(tmp_path)
-    out = tmp_path / "img"
-    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x1000", "--blob-dir",
-                    str(out / "blobs"), "--bootstrap", str(out / "bootstrap"), str(src)], check=True,
-                   capture_output=True)
+    out = _build(tmp_path, "0x1000")
     store = BlobStore(rafs.open_image(out / "bootstrap"),
                       StorageOptions("localfs", {"dir": str(out / "blobs")},
                                      work_dir=str(tmp_path / "cache"), memory_cache_bytes=1))
@@ -137,11 +138,7 @@ def test_a_commit_whose_chunks_were_all_forgotten_leaves_the_cache_intact(tmp_pa
     the whole cache away)."""
     from daemon import chunkcache
 
-    src = make_source(tmp_path)
-    out = tmp_path / "img"
-    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x10000", "--blob-dir",
-                    str(out / "blobs"), "--bootstrap", str(out / "bootstrap"), str(src)], check=True,
-                   capture_output=True)
+    out = _build(tmp_path, "0x10000")
     image = rafs.open_image(out / "bootstrap")
     truth = LocalBlobs(image, str(out / "blobs"))
     chunks = sorted({c for _p, i in walk(image) if i.is_reg for c in image.file_chunks(i.ino)},
