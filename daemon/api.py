@@ -119,7 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         path, _, query = self.path.partition("?")
-        if method != "PUT" and self.headers.get("Content-Length", "0").strip() != "0":
+        if self.headers.get("Content-Length", "0").strip() != "0" and not (
+                method == "PUT" and path in ("/api/v1/daemon", "/api/v2/daemon")):
             self.close_connection = True  # a body nobody reads: this connection ends here
         try:
             if method == "GET" and path in self._gets():

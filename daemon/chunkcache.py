@@ -69,7 +69,8 @@ class BlobCacheFile:
             self.close()
             raise
         self.full_warned = False
-        self.broken = False  # a sync failed: nothing more is cached for this blob
+        self.broken = False  # a sync or a read failed: this blob is no longer cached
+        self.committing = threading.Lock()  # one commit at a time
         self.pending: set[int] = set()  # written chunks whose ready bytes are not committed
 
     def _reset(self, header: bytes) -> None:
@@ -88,12 +89,13 @@ class BlobCacheFile:
 
     def get(self, chunk: ChunkInfo) -> bytes | None:
         """The cached data of `chunk`, or None when it is not ready."""
-        if not self.usable(chunk) or not self.ready[chunk.chunk_index]:
+        if self.broken or not self.usable(chunk) or not self.ready[chunk.chunk_index]:
             return None
         try:
             data = os.pread(self.data_fd, chunk.uncompressed_size, chunk.uncompressed_offset)
-        except OSError as e:  # a failing disk: fetch the chunk again instead
+        except OSError as e:  # a failing disk: fetch the chunk again instead, and not from here
             self._warn(e)
+            self.broken = True
             return None
         return data if len(data) == chunk.uncompressed_size else None
 
@@ -117,10 +119,16 @@ class BlobCacheFile:
         """Make the written chunks' data durable, then write their ready bytes (in runs). The
         fdatasync runs without `lock` (the one put and forget are called under), so writers go
         on meanwhile. A chunk forgotten or written again since is left to a later commit. If the
-        sync fails, the chunks are not ready after all (they will be fetched again)."""
+        sync fails, the chunks are not ready after all (they will be fetched again). Commits of
+        one file run one at a time: a sync that follows a failed one can succeed without the data
+        being there (the kernel reports a writeback error once)."""
+        with self.committing:
+            self._commit(lock)
+
+    def _commit(self, lock: threading.Lock) -> None:
         with lock:
             pending, self.pending = self.pending, set()
-        if not pending:
+        if not pending or self.broken:
             return
         try:
             os.fdatasync(self.data_fd)
@@ -139,7 +147,7 @@ class BlobCacheFile:
             if not marks:  # all forgotten (or written again) meanwhile
                 return
             try:
-                start = prev = marks[0] if marks else -1
+                start = prev = marks[0]
                 for i in marks[1:] + [-1]:  # contiguous chunks in one write
                     if i != prev + 1:
                         os.pwrite(self.ready_fd, b"\1" * (prev + 1 - start), HEADER_SIZE + start)
@@ -169,10 +177,10 @@ class BlobCacheFile:
                             chunk.chunk_index, self.blob.blob_id, e.strerror)
 
     def is_ready(self, chunk: ChunkInfo) -> bool:
-        return self.usable(chunk) and bool(self.ready[chunk.chunk_index])
+        return not self.broken and self.usable(chunk) and bool(self.ready[chunk.chunk_index])
 
     def ready_count(self) -> int:
-        return self.count - self.ready.count(0)
+        return 0 if self.broken else self.count - self.ready.count(0)
 
     def close(self) -> None:
         for fd in (self.data_fd, self.ready_fd):

@@ -11,6 +11,7 @@ Start-up order keeps the mount well inside 0.5 s of exec: arguments and config, 
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import os
 import signal
@@ -104,7 +105,11 @@ def backend_config(url: str):
         repo = u.path.strip("/")
         if not u.netloc or not repo:
             raise ValueError(f"backend URL {url!r} needs a host and a repository path")
-        opts = StorageOptions("registry", {"scheme": u.scheme, "host": u.netloc, "repo": repo})
+        cfg = {"scheme": u.scheme, "host": u.netloc.rpartition("@")[2], "repo": repo}
+        if u.username is not None:  # https://user:password@host/repo: basic auth, kept off URLs
+            creds = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
+            cfg["auth"] = base64.b64encode(creds.encode()).decode()
+        opts = StorageOptions("registry", cfg)
     else:
         if not os.path.isdir(url):
             raise ValueError(f"backend {url!r} is neither an http(s) URL nor a directory")

@@ -39,10 +39,17 @@ class DaemonConfig:
         for key in ("auth", "registry_token", "access_key_id", "access_key_secret", "password"):
             if cfg.get(key):
                 cfg[key] = ""
-        if isinstance(cfg.get("mirrors"), list):  # their headers carry credentials too
-            cfg["mirrors"] = [{**m, "headers": {k: "" for k in m.get("headers") or {}}}
-                              if isinstance(m, dict) and isinstance(m.get("headers"), dict)
-                              else m for m in cfg["mirrors"]]
+        if isinstance(cfg.get("host"), str):
+            cfg["host"] = _no_userinfo(cfg["host"])
+        if isinstance(cfg.get("proxy"), dict) and isinstance(cfg["proxy"].get("url"), str):
+            cfg["proxy"] = {**cfg["proxy"], "url": _no_userinfo(cfg["proxy"]["url"])}
+        if isinstance(cfg.get("mirrors"), list):  # their headers and URLs carry credentials too
+            cfg["mirrors"] = [
+                {**m, "headers": {k: "" for k in m.get("headers") or {}}
+                 if isinstance(m.get("headers"), dict) else m.get("headers"),
+                 **{k: _no_userinfo(m[k]) for k in ("host", "ping_url")
+                    if isinstance(m.get(k), str)}}
+                if isinstance(m, dict) else m for m in cfg["mirrors"]]
         st = self.storage
         cache: dict = {"type": st.cache_type, "validate": st.cache_validate}
         if st.cache_type in ("blobcache", "filecache"):
@@ -56,6 +63,13 @@ class DaemonConfig:
                 "rafs": {"mode": self.mode, "batch_size": st.amplify_io,
                          "validate": st.digest_validate, "enable_xattr": self.enable_xattr,
                          "prefetch": prefetch}}
+
+
+def _no_userinfo(url: str) -> str:
+    """A URL or host[:port] without its user:password@ part."""
+    scheme, sep, rest = url.rpartition("://")
+    authority, slash, path = rest.partition("/")
+    return scheme + sep + authority.rpartition("@")[2] + slash + path
 
 
 def _bool(d: dict, key: str, default: bool) -> bool:

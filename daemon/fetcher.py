@@ -252,6 +252,8 @@ class Fetcher:
         digester = blob.digester if self.verify_fetched else None
         with self.lock:
             self.stats["misses"] += len(run)
+        decoded: list[bytes | None] = []
+        bad: list[tuple[ChunkInfo, ChunkDataError]] = []
         for attempt in range(self.data_retries + 1):
             with self.lock:
                 self.stats["requests"] += 1
@@ -260,12 +262,13 @@ class Fetcher:
             except BackendError as e:
                 with self.lock:
                     self.stats["errors"] += 1
+                if attempt and not any(wanted is None or self._key(c) in wanted for c, _ in bad):
+                    break  # a retry for a bad neighbour only: keep what the last attempt got
                 self._fail(run, e)
                 raise
             with self.lock:
                 self.stats["bytes_fetched"] += len(raw)
-            decoded: list[bytes | None] = []
-            bad: list[tuple[ChunkInfo, ChunkDataError]] = []
+            decoded, bad = [], []
             for c in run:
                 try:
                     decoded.append(codecs.decode_chunk(

@@ -49,8 +49,8 @@ def handler(name: str):
             self.serial += 1
             unique = self.serial
             first = args[0] if args and isinstance(args[0], int) else 0
-            start = time.time()
-            self.inflight[unique] = (first, opcode, start)
+            start = time.monotonic()
+            self.inflight[unique] = (first, opcode, time.time())
             try:
                 return await fn(self, *args)
             except pyfuse3.FUSEError as e:
@@ -71,7 +71,7 @@ def handler(name: str):
                 raise pyfuse3.FUSEError(errno.EIO) from None
             finally:
                 del self.inflight[unique]
-                us = (time.time() - start) * 1e6
+                us = (time.monotonic() - start) * 1e6
                 self.latency_us[name] += int(us)
                 if opcode == 15:  # read
                     self.read_latency[read_latency_bucket(us)] += 1

@@ -162,3 +162,22 @@ def test_the_config_the_api_shows_is_v2_json_that_parses_back(tmp_path, monkeypa
     keep = ("backend_type", "cache_type", "work_dir", "prefetch_enable", "prefetch_all",
             "prefetch_threads", "prefetch_merging_size", "prefetch_bandwidth_rate", "amplify_io")
     assert {k: getattr(again.storage, k) for k in keep} == {k: getattr(cfg.storage, k) for k in keep}
+
+
+def test_credentials_in_urls_never_reach_the_api(tmp_path, monkeypatch):
+    """user:password in --backend becomes basic auth; in a proxy or mirror URL it is cut from
+    what the API shows."""
+    import base64
+
+    from daemon.cli import backend_config
+
+    cfg = backend_config("https://alice:s3cr%40t@reg.example:5000/lib/app")
+    b = cfg.storage.backend_config
+    assert b["host"] == "reg.example:5000" and base64.b64decode(b["auth"]) == b"alice:s3cr@t"
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config_text(_sealer_with(
+        proxy={"url": "http://puser:ppass@proxy.example:3128"},
+        mirrors=[{"host": "http://muser:mpass@mirror", "headers": {"Authorization": "Basic x"}}]))
+    shown = json.dumps(cfg.redacted())
+    assert not any(secret in shown for secret in ("ppass", "puser", "mpass", "Basic x"))
+    assert "proxy.example:3128" in shown and "mirror" in shown

@@ -229,6 +229,19 @@ def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
             if body:
                 assert headers["Content-Type"] == "application/json"
                 assert got < 300 or json.loads(body)["code"] == "UNDEFINED"
+        # a body the daemon does not read ends the connection: it is never parsed as a request
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(str(sock))
+        body = b'{"registry_auth": "dXNlcjpwYXNz"}'
+        s.sendall(b"PUT /api/v1/config HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+                  + body + b"GET /api/v1/daemon HTTP/1.1\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        assert data.startswith(b"HTTP/1.1 501") and data.count(b"HTTP/1.1") == 1, data
+        assert b"dXNlcjpwYXNz" not in data
         fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
         idle = []
         for _ in range(200):  # clients that connect and never speak

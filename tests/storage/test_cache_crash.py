@@ -163,3 +163,52 @@ def test_a_commit_whose_chunks_were_all_forgotten_leaves_the_cache_intact(tmp_pa
     assert [again.is_ready(c) for c in chunks[:4]] == [True, True, True, False]
     assert all(again.get(c) == truth.chunk_data(c) for c in chunks[:3])
     again.close()
+
+
+def test_after_a_failed_sync_no_later_commit_marks_anything(tmp_path, monkeypatch):
+    """The kernel reports a writeback error once: a sync that follows a failed one may succeed
+    with the data lost. Commits run one at a time, and after a failed sync nothing of that blob
+    is marked ready (nor served from the cache)."""
+    import errno
+    import threading
+
+    from daemon import chunkcache
+
+    out = _build(tmp_path, "0x10000")
+    image = rafs.open_image(out / "bootstrap")
+    truth = LocalBlobs(image, str(out / "blobs"))
+    chunks = sorted({c for _p, i in walk(image) if i.is_reg for c in image.file_chunks(i.ino)},
+                    key=lambda c: c.chunk_index)
+    cache = ChunkCache(str(tmp_path / "cache"), image.blobs, durable=False)
+    syncing, go, calls = threading.Event(), threading.Event(), []
+    sync = os.fdatasync
+
+    def flaky_sync(fd):  # the first sync fails, after a pause; later ones "succeed"
+        calls.append(fd)
+        if len(calls) == 1:
+            syncing.set()
+            go.wait(10)
+            raise OSError(errno.EIO, "writeback failed")
+        return sync(fd)
+
+    monkeypatch.setattr(chunkcache.os, "fdatasync", flaky_sync)
+    half = len(chunks) // 2
+    for c in chunks[:half]:
+        cache.put(c, truth.chunk_data(c))
+    first = threading.Thread(target=cache.commit)
+    first.start()
+    assert syncing.wait(10)
+    for c in chunks[half:]:  # written while the first sync hangs, committed by another thread
+        cache.put(c, truth.chunk_data(c))
+    second = threading.Thread(target=cache.commit)
+    second.start()
+    second.join(0.3)
+    go.set()
+    first.join(10)
+    second.join(10)
+    monkeypatch.undo()
+    assert not any(cache.is_ready(c) for c in chunks) and cache.get(chunks[-1]) is None
+    cache.close()
+    again = ChunkCache(str(tmp_path / "cache"), image.blobs)
+    assert again.files[0].ready_count() == 0  # on disk too
+    again.close()

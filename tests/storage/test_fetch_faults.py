@@ -453,3 +453,32 @@ def test_a_neighbour_wanted_by_another_read_is_fetched_again_when_bad(built):
     b.join(10)
     assert corrupted and got == {"A": "ok", "B": "ok"}
     store.close()
+
+
+def test_a_failed_retry_for_a_bad_neighbour_keeps_the_good_data(built):
+    """A read whose widened request brought a bad neighbour is retried for that neighbour; if
+    the retry fails (the server is gone), the read still gets its own chunk from the first
+    answer."""
+    store = _local(built, cache_type="", digest_validate=True, memory_cache_bytes=1)
+    fetcher = store.fetcher
+    chunks = sorted({p.chunk for _p, i in _files(store.image)
+                     for p in store.image.chunks(i.ino, 0, i.size) if p.chunk},
+                    key=lambda c: c.compressed_offset)
+    k0, k1 = chunks[0], chunks[1]
+    read, calls = store.backend._read, []
+
+    def corrupt_then_gone(blob_id, off, size):
+        calls.append(off)
+        if len(calls) > 1:
+            raise BackendError("connection reset")
+        data = read(blob_id, off, size)
+        i = k1.compressed_offset - off
+        return data[:i] + bytes(x ^ 0xFF for x in data[i:i + 8]) + data[i + 8:]
+
+    store.backend._read = corrupt_then_gone
+    fetcher._neighbours = lambda missing, limit, follow=None: [k1] if k0 in missing else []
+    got = fetcher.get_chunks([k0], 1 << 20, amplify=1 << 20)
+    truth = LocalBlobs(store.image, str(built / "blobs"))
+    assert got == {(k0.blob_index, k0.compressed_offset): truth.chunk_data(k0)}
+    assert len(calls) == 2 and fetcher.flights == {}
+    store.close()
