@@ -406,15 +406,23 @@ def test_a_plain_200_is_taken_only_when_it_is_exactly_the_range_asked_for():
         server.stop()
 
 
-def test_a_neighbour_wanted_by_another_read_is_fetched_again_when_bad(built):
-    """Thread A's read is widened to chunk k1, which thread B wants and waits for. One bad copy
-    of k1 is fetched again, as a wanted chunk would be: B gets its data, not EIO."""
+def _widened_to_neighbour(built: Path):
+    """A store (no disk cache, digests checked) whose fetcher widens a read of the blob's first
+    chunk k0 to its neighbour k1: (store, k0, k1)."""
     store = _local(built, cache_type="", digest_validate=True, memory_cache_bytes=1)
-    fetcher = store.fetcher
     chunks = sorted({p.chunk for _p, i in _files(store.image)
                      for p in store.image.chunks(i.ino, 0, i.size) if p.chunk},
                     key=lambda c: c.compressed_offset)
     k0, k1 = chunks[0], chunks[1]
+    store.fetcher._neighbours = lambda missing, limit, follow=None: [k1] if k0 in missing else []
+    return store, k0, k1
+
+
+def test_a_neighbour_wanted_by_another_read_is_fetched_again_when_bad(built):
+    """Thread A's read is widened to chunk k1, which thread B wants and waits for. One bad copy
+    of k1 is fetched again, as a wanted chunk would be: B gets its data, not EIO."""
+    store, k0, k1 = _widened_to_neighbour(built)
+    fetcher = store.fetcher
     read, corrupted, b_waits = store.backend._read, [], threading.Event()
 
     def bad_once(blob_id, off, size):
@@ -428,7 +436,6 @@ def test_a_neighbour_wanted_by_another_read_is_fetched_again_when_bad(built):
         return data
 
     store.backend._read = bad_once
-    fetcher._neighbours = lambda missing, limit, follow=None: [k1] if k0 in missing else []
     got = {}
 
     def run(name, wanted):
@@ -459,12 +466,8 @@ def test_a_failed_retry_for_a_bad_neighbour_keeps_the_good_data(built):
     """A read whose widened request brought a bad neighbour is retried for that neighbour; if
     the retry fails (the server is gone), the read still gets its own chunk from the first
     answer."""
-    store = _local(built, cache_type="", digest_validate=True, memory_cache_bytes=1)
+    store, k0, k1 = _widened_to_neighbour(built)
     fetcher = store.fetcher
-    chunks = sorted({p.chunk for _p, i in _files(store.image)
-                     for p in store.image.chunks(i.ino, 0, i.size) if p.chunk},
-                    key=lambda c: c.compressed_offset)
-    k0, k1 = chunks[0], chunks[1]
     read, calls = store.backend._read, []
 
     def corrupt_then_gone(blob_id, off, size):
@@ -476,7 +479,6 @@ def test_a_failed_retry_for_a_bad_neighbour_keeps_the_good_data(built):
         return data[:i] + bytes(x ^ 0xFF for x in data[i:i + 8]) + data[i + 8:]
 
     store.backend._read = corrupt_then_gone
-    fetcher._neighbours = lambda missing, limit, follow=None: [k1] if k0 in missing else []
     got = fetcher.get_chunks([k0], 1 << 20, amplify=1 << 20)
     truth = LocalBlobs(store.image, str(built / "blobs"))
     assert got == {(k0.blob_index, k0.compressed_offset): truth.chunk_data(k0)}
