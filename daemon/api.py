@@ -119,9 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         path, _, query = self.path.partition("?")
-        if self.headers.get("Content-Length", "0").strip() != "0" and not (
-                method == "PUT" and path in ("/api/v1/daemon", "/api/v2/daemon")):
-            self.close_connection = True  # a body nobody reads: this connection ends here
+        lengths = self.headers.get_all("Content-Length") or []
+        framed = len(lengths) <= 1 and "Transfer-Encoding" not in self.headers
+        if not framed or (lengths and lengths[0].strip() != "0" and not (
+                method == "PUT" and path in ("/api/v1/daemon", "/api/v2/daemon"))):
+            self.close_connection = True  # a body nobody reads (or reads alike): the end here
         try:
             if method == "GET" and path in self._gets():
                 return self._get(path, urllib.parse.parse_qs(query))
@@ -168,8 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes | None:
         """The request body (at most MAX_BODY bytes), or None after answering 400."""
-        length = (self.headers.get("Content-Length") or "").strip()
-        if not (length.isascii() and length.isdigit() and len(length) <= 12):
+        lengths = self.headers.get_all("Content-Length") or []
+        length = lengths[0].strip() if len(lengths) == 1 else ""
+        if "Transfer-Encoding" in self.headers or not (
+                length.isascii() and length.isdigit() and len(length) <= 12):
             self.close_connection = True
             self._error(400, "a body with a valid Content-Length is needed")
             return None

@@ -180,6 +180,15 @@ def make_backend(kind: str, config: dict) -> Backend:
     raise BackendError(f"backend type {kind!r} is not supported (use registry or localfs)")
 
 
+def no_userinfo(url: str) -> str:
+    """A URL or host[:port] without its user:password@ part (for logs, errors and the API)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return scheme + sep + rest[:end].rpartition("@")[2] + rest[end:]
+
+
 def basic_auth_header(auth: str) -> str:
     """Validate nydusd's `auth` (base64 of user:password) and return the header value."""
     try:

@@ -97,6 +97,7 @@ def backend_config(url: str):
     """A DaemonConfig for `--backend URL` (registry URL or local blob directory)."""
     import urllib.parse
 
+    from .backends import no_userinfo
     from .config import DaemonConfig
     from .storage import StorageOptions
 
@@ -104,7 +105,7 @@ def backend_config(url: str):
     if u.scheme in ("http", "https"):
         repo = u.path.strip("/")
         if not u.netloc or not repo:
-            raise ValueError(f"backend URL {url!r} needs a host and a repository path")
+            raise ValueError(f"backend URL {no_userinfo(url)!r} needs a host and a repository path")
         cfg = {"scheme": u.scheme, "host": u.netloc.rpartition("@")[2], "repo": repo}
         if u.username is not None:  # https://user:password@host/repo: basic auth, kept off URLs
             creds = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"

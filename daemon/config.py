@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .backends import no_userinfo
 from .storage import StorageOptions
 
 BACKENDS = ("registry", "localfs", "oss", "s3", "http-proxy", "localdisk")
@@ -40,14 +41,15 @@ class DaemonConfig:
             if cfg.get(key):
                 cfg[key] = ""
         if isinstance(cfg.get("host"), str):
-            cfg["host"] = _no_userinfo(cfg["host"])
-        if isinstance(cfg.get("proxy"), dict) and isinstance(cfg["proxy"].get("url"), str):
-            cfg["proxy"] = {**cfg["proxy"], "url": _no_userinfo(cfg["proxy"]["url"])}
+            cfg["host"] = no_userinfo(cfg["host"])
+        if isinstance(cfg.get("proxy"), dict):
+            cfg["proxy"] = {**cfg["proxy"], **{k: no_userinfo(cfg["proxy"][k]) for k in (
+                "url", "ping_url") if isinstance(cfg["proxy"].get(k), str)}}
         if isinstance(cfg.get("mirrors"), list):  # their headers and URLs carry credentials too
             cfg["mirrors"] = [
                 {**m, "headers": {k: "" for k in m.get("headers") or {}}
                  if isinstance(m.get("headers"), dict) else m.get("headers"),
-                 **{k: _no_userinfo(m[k]) for k in ("host", "ping_url")
+                 **{k: no_userinfo(m[k]) for k in ("host", "ping_url")
                     if isinstance(m.get(k), str)}}
                 if isinstance(m, dict) else m for m in cfg["mirrors"]]
         st = self.storage
@@ -63,13 +65,6 @@ class DaemonConfig:
                 "rafs": {"mode": self.mode, "batch_size": st.amplify_io,
                          "validate": st.digest_validate, "enable_xattr": self.enable_xattr,
                          "prefetch": prefetch}}
-
-
-def _no_userinfo(url: str) -> str:
-    """A URL or host[:port] without its user:password@ part."""
-    scheme, sep, rest = url.rpartition("://")
-    authority, slash, path = rest.partition("/")
-    return scheme + sep + authority.rpartition("@")[2] + slash + path
 
 
 def _bool(d: dict, key: str, default: bool) -> bool:

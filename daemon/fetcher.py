@@ -252,8 +252,9 @@ class Fetcher:
         digester = blob.digester if self.verify_fetched else None
         with self.lock:
             self.stats["misses"] += len(run)
-        decoded: list[bytes | None] = []
-        bad: list[tuple[ChunkInfo, ChunkDataError]] = []
+        good: dict[int, bytes] = {}  # position in run -> checked data, kept across attempts
+        errors: dict[int, ChunkDataError] = {}
+        needed = [i for i, c in enumerate(run) if wanted is None or self._key(c) in wanted]
         for attempt in range(self.data_retries + 1):
             with self.lock:
                 self.stats["requests"] += 1
@@ -262,42 +263,44 @@ class Fetcher:
             except BackendError as e:
                 with self.lock:
                     self.stats["errors"] += 1
-                if attempt and not any(wanted is None or self._key(c) in wanted for c, _ in bad):
-                    break  # a retry for a bad neighbour only: keep what the last attempt got
+                if attempt and all(i in good for i in needed):
+                    break  # a retry for bad neighbours only: keep what came good before
                 self._fail(run, e)
                 raise
             with self.lock:
                 self.stats["bytes_fetched"] += len(raw)
-            decoded, bad = [], []
-            for c in run:
+            for i, c in enumerate(run):
+                if i in good:
+                    continue
                 try:
-                    decoded.append(codecs.decode_chunk(
+                    good[i] = codecs.decode_chunk(
                         c, raw[c.compressed_offset - start:
                                c.compressed_offset - start + c.compressed_size],
-                        blob.compressor, digester))
+                        blob.compressor, digester)
+                    errors.pop(i, None)
                 except ChunkDataError as e:
-                    decoded.append(None)
-                    bad.append((c, e))
-            if not bad:
+                    errors[i] = e
+            if not errors:
                 break
             with self.lock:
                 self.stats["errors"] += 1
-                self.stats["bad_data"] += len(bad)
+                self.stats["bad_data"] += len(errors)
             if attempt < self.data_retries:
-                # bad data, even a neighbour's: all of it again (another read may be waiting
-                # for that neighbour); only after the last attempt is a bad neighbour dropped
-                log.warning("blob %s: %s; fetching again (%d/%d)", blob.blob_id, bad[0][1],
-                            attempt + 1, self.data_retries)
+                # bad data, even a neighbour's: again (another read may be waiting for that
+                # neighbour); only after the last attempt is a bad neighbour dropped
+                log.warning("blob %s: %s; fetching again (%d/%d)", blob.blob_id,
+                            next(iter(errors.values())), attempt + 1, self.data_retries)
                 continue
-            e = next((e for c, e in bad if wanted is None or self._key(c) in wanted), None)
+            e = next((errors[i] for i in needed if i in errors), None)
             if e is not None:
                 log.error("blob %s: %s (after %d attempts)", blob.blob_id, e, attempt + 1)
                 self._fail(run, e)
                 raise StorageError(str(e)) from None
-        for c, e in bad:  # neighbours only: dropped, their waiters told
+        for i, e in errors.items():  # neighbours only: dropped, their waiters told
             log.warning("blob %s: %s; not keeping this unrequested chunk", blob.blob_id, e)
-            self._fail([c], e)
-        for c, data in zip(run, decoded, strict=True):
+            self._fail([run[i]], e)
+        for i, c in enumerate(run):
+            data = good.get(i)
             if data is None:
                 continue
             if self.cache is not None:

@@ -13,6 +13,7 @@ from .backends import (
     DEFAULT_RETRIES,
     Backend,
     basic_auth_header,
+    no_userinfo,
     retrying,
     same_origin,
 )
@@ -109,6 +110,7 @@ class RegistryBackend(Backend):
                 continue
             if r.status_code in (401, 403) and self.redirects.pop(blob_id, None) is not None:
                 # a stale presigned URL: start over at the registry
+                r.close()
                 raise TemporaryBackendError(f"redirect target answered {r.status_code}")
             return r
         self.redirects.pop(blob_id, None)  # start over at the registry next time
@@ -126,7 +128,8 @@ class RegistryBackend(Backend):
             except TemporaryBackendError as e:
                 if not self.proxy_fallback:
                     raise
-                log.warning("proxy %s failed (%s); going to the registry directly", self.proxy_url, e)
+                log.warning("proxy %s failed (%s); going to the registry directly",
+                            no_userinfo(self.proxy_url), e)
         return self._get(url, headers, proxy=False)
 
     # -- authentication -----------------------------------------------------------------------
@@ -242,10 +245,11 @@ def _read_all(r, limit: int, deadline: float | None, expect: int | None,
             got += len(piece)
             if got > limit:
                 raise too_long
-            done = got >= expect if expect is not None else \
-                getattr(r.raw, "length_remaining", None) == 0
-            if deadline is not None and time.monotonic() > deadline and not done:
-                raise TemporaryBackendError(f"body too slow: {got} bytes in time")
+            # a body of unknown length (chunked, or up to the close) is bounded by the socket
+            # timeout between pieces and by `limit`; one of known length also by `deadline`
+            left = expect - got if expect is not None else getattr(r.raw, "length_remaining", None)
+            if deadline is not None and time.monotonic() > deadline and left:
+                raise TemporaryBackendError(f"body too slow: only {got} bytes by the deadline")
     except BackendError:
         raise
     except Exception as e:  # connection reset mid-body and the like
@@ -256,4 +260,5 @@ def _read_all(r, limit: int, deadline: float | None, expect: int | None,
 
 
 def _redact(url: str) -> str:
-    return urllib.parse.urlsplit(url)._replace(query="").geturl()
+    """A URL fit for a log line: no query (presigned URLs sign there), no user:password@."""
+    return no_userinfo(urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl())

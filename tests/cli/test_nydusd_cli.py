@@ -180,4 +180,10 @@ def test_credentials_in_urls_never_reach_the_api(tmp_path, monkeypatch):
         mirrors=[{"host": "http://muser:mpass@mirror", "headers": {"Authorization": "Basic x"}}]))
     shown = json.dumps(cfg.redacted())
     assert not any(secret in shown for secret in ("ppass", "puser", "mpass", "Basic x"))
+    from daemon.backends import no_userinfo
+
+    for url, bare in (("https://m:PW@mirror/?next=https://x", "https://mirror/?next=https://x"),
+                      ("https://m:PW@mirror#a://b", "https://mirror#a://b"),
+                      ("u:PW@host:5000", "host:5000"), ("http://[::1]:5000/r", "http://[::1]:5000/r")):
+        assert no_userinfo(url) == bare
     assert "proxy.example:3128" in shown and "mirror" in shown

@@ -242,6 +242,18 @@ def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
         s.close()
         assert data.startswith(b"HTTP/1.1 501") and data.count(b"HTTP/1.1") == 1, data
         assert b"dXNlcjpwYXNz" not in data
+        for framing in (b"Transfer-Encoding: chunked\r\n\r\n2d\r\n",  # a chunked body
+                        b"Content-Length: 0\r\nContent-Length: 45\r\n\r\n"):  # two lengths
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(str(sock))
+            s.sendall(b"POST /api/v1/daemon/exit HTTP/1.1\r\n" + framing
+                      + b"GET /api/v1/daemon/events HTTP/1.1\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            s.close()
+            assert data.count(b"HTTP/1.1 ") == 1, data  # the body never runs as a request
         fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
         idle = []
         for _ in range(200):  # clients that connect and never speak

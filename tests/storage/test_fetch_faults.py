@@ -484,3 +484,25 @@ def test_a_failed_retry_for_a_bad_neighbour_keeps_the_good_data(built):
     assert got == {(k0.blob_index, k0.compressed_offset): truth.chunk_data(k0)}
     assert len(calls) == 2 and fetcher.flights == {}
     store.close()
+
+
+def test_a_chunk_that_came_good_once_is_kept_when_a_retry_spoils_it(built):
+    """Attempt 1 brings wanted k0 good and neighbour k1 bad; the retry for k1 brings k0 bad. The
+    read keeps k0's good copy from attempt 1 and succeeds."""
+    store, k0, k1 = _widened_to_neighbour(built)
+    read, spoiled = store.backend._read, []
+
+    def spoil(blob_id, off, size):
+        data = read(blob_id, off, size)
+        bad = k1 if not spoiled else k0
+        spoiled.append(bad)
+        i = bad.compressed_offset - off
+        return data[:i] + bytes(x ^ 0xFF for x in data[i:i + 8]) + data[i + 8:]
+
+    store.backend._read = spoil
+    got = store.fetcher.get_chunks([k0], 1 << 20, amplify=1 << 20)
+    truth = LocalBlobs(store.image, str(built / "blobs"))
+    assert got[(k0.blob_index, k0.compressed_offset)] == truth.chunk_data(k0)
+    assert got[(k1.blob_index, k1.compressed_offset)] == truth.chunk_data(k1)  # good the 2nd time
+    assert spoiled == [k1, k0] and store.fetcher.flights == {}
+    store.close()
