@@ -119,9 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         path, _, query = self.path.partition("?")
-        lengths = self.headers.get_all("Content-Length") or []
-        framed = len(lengths) <= 1 and "Transfer-Encoding" not in self.headers
-        if not framed or (lengths and lengths[0].strip() != "0" and not (
+        length = self._length()
+        if length is None or (length and not (
                 method == "PUT" and path in ("/api/v1/daemon", "/api/v2/daemon"))):
             self.close_connection = True  # a body nobody reads (or reads alike): the end here
         try:
@@ -168,16 +167,23 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, st.prometheus(), "text/plain; version=0.0.4")
         self._send(200, self._gets()[path]())
 
+    def _length(self) -> int | None:
+        """The body's length (0 without one) when one Content-Length of ASCII digits frames it,
+        else None: two lengths, Transfer-Encoding or a malformed value leave it unknown."""
+        lengths = self.headers.get_all("Content-Length") or ["0"]
+        value = lengths[0].strip()
+        if len(lengths) > 1 or "Transfer-Encoding" in self.headers or not (
+                value.isascii() and value.isdigit() and len(value) <= 12):
+            return None
+        return int(value)
+
     def _body(self) -> bytes | None:
         """The request body (at most MAX_BODY bytes), or None after answering 400."""
-        lengths = self.headers.get_all("Content-Length") or []
-        length = lengths[0].strip() if len(lengths) == 1 else ""
-        if "Transfer-Encoding" in self.headers or not (
-                length.isascii() and length.isdigit() and len(length) <= 12):
+        n = self._length()
+        if n is None:
             self.close_connection = True
             self._error(400, "a body with a valid Content-Length is needed")
             return None
-        n = int(length)
         if n > MAX_BODY:
             self.close_connection = True
             self._error(400, f"body of {n} bytes is larger than {MAX_BODY}")

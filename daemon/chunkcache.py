@@ -45,11 +45,10 @@ COMMIT_CHUNKS = 256  # written chunks that wake it sooner
 class BlobCacheFile:
     """The cache files of one blob."""
 
-    def __init__(self, root: str, blob: BlobInfo, durable: bool = False) -> None:
+    def __init__(self, root: str, blob: BlobInfo) -> None:
         if not is_valid_blob_id(blob.blob_id):
             raise ValueError(f"refusing to cache blob id {blob.blob_id[:80]!r}")
         self.blob = blob
-        self.durable = durable
         self.count = blob.chunk_count
         base = os.path.join(root, blob.blob_id)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
@@ -210,7 +209,7 @@ class ChunkCache:
                             blob.blob_id, blob.chunk_count, MAX_CHUNKS)
             else:
                 try:
-                    self.files[blob.index] = BlobCacheFile(self.root, blob, durable)
+                    self.files[blob.index] = BlobCacheFile(self.root, blob)
                 except OSError as e:
                     log.warning("cannot set up the cache files of blob %s (%s): cached in "
                                 "memory only", blob.blob_id, e.strerror or e)

@@ -198,11 +198,13 @@ class RafsOperations(pyfuse3.Operations):
         pieces = self.image.chunks(ino, off, size)
         if not pieces:
             return b""
-        try:
-            if not self.store.can_read_now(pieces):
-                raise WouldBlock
-            data = self.store.read(pieces, ino, off, inline=True)
-        except WouldBlock:  # the network, or another thread's fetch: never on the FUSE loop
+        data = None
+        if self.store.can_read_now(pieces):
+            try:
+                data = self.store.read(pieces, ino, off, inline=True)
+            except WouldBlock:  # a chunk left memory meanwhile: not on the FUSE loop, then
+                pass
+        if data is None:  # the network, or another thread's fetch: in a worker thread
             # abandon_on_cancel: on shutdown, a read stuck on a dead server must not hold up
             # the exit (its thread is a daemon thread, left to time out on its own)
             data = await trio.to_thread.run_sync(self.store.read, pieces, ino, off,

@@ -77,6 +77,10 @@ class RegistryBackend(Backend):
         except (requests.RequestException, ValueError) as e:  # ValueError: a malformed Location
             raise TemporaryBackendError(f"GET {_redact(url)}: {type(e).__name__}: {e}") from None
 
+    def _deadline(self) -> float | None:
+        """When a body that starts coming now must be in: `timeout` bounds each request."""
+        return time.monotonic() + self.timeout[1] if self.timeout[1] else None
+
     def _read(self, blob_id: str, offset: int, size: int) -> bytes:
         what = f"blob {blob_id} range {offset}+{size}"
         return retrying(self.retries, lambda: self._attempt(blob_id, offset, size), what,
@@ -86,8 +90,7 @@ class RegistryBackend(Backend):
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
         url = self.redirects.get(blob_id) or self.base + blob_id
         r = self._send(url, headers, blob_id)
-        # `timeout` bounds each request: its body too, from the moment the answer came
-        deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
+        deadline = self._deadline()
         return _body(r, offset, size, deadline)
 
     def _send(self, url: str, headers: dict, blob_id: str):
@@ -170,7 +173,7 @@ class RegistryBackend(Backend):
         if r.status_code >= 400:
             r.close()
             raise BackendError(f"token server answered {r.status_code}")
-        deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
+        deadline = self._deadline()
         raw = _capped_body(r, TOKEN_BODY_MAX, deadline)
         try:
             body = json.loads(raw)
