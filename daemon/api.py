@@ -23,8 +23,9 @@ class ApiState:
     """What the API reports; filled in by the daemon."""
 
     def __init__(self, daemon_id: str | None, supervisor: str | None, mountpoint: str,
-                 config: dict, ops, store) -> None:
+                 config: dict, ops, store, control=None) -> None:
         self.daemon_id = daemon_id
+        self.control = control  # the Daemon: sendfd, takeover, start, exit
         self.supervisor = supervisor
         self.mountpoint = mountpoint
         self.config = config
@@ -77,8 +78,9 @@ class ApiState:
 MAX_BODY = 64 << 10  # the largest request body the API takes (a log level, a config)
 MAX_CLIENTS = 32  # connections served at once; more are answered 503 and closed
 IDLE_S = 10.0  # a connection that sends nothing for this long is closed
-UNSUPPORTED = ("/api/v1/daemon/fuse/sendfd", "/api/v1/daemon/fuse/takeover", "/api/v1/daemon/exit",
-               "/api/v1/daemon/start", "/api/v1/mount", "/api/v1/daemon/backend",
+CONTROLS = {"/api/v1/daemon/fuse/sendfd": "sendfd", "/api/v1/daemon/fuse/takeover": "takeover",
+            "/api/v1/daemon/start": "start", "/api/v1/daemon/exit": "exit"}
+UNSUPPORTED = ("/api/v1/mount", "/api/v1/daemon/backend",
                "/api/v1/metrics/files", "/api/v1/metrics/pattern", "/api/v1/config",
                "/api/v2/blobs")
 
@@ -128,10 +130,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._get(path, urllib.parse.parse_qs(query))
             if method == "PUT" and path in ("/api/v1/daemon", "/api/v2/daemon"):
                 return self._put_daemon()
+            if method == "PUT" and path in CONTROLS:
+                return self._control(CONTROLS[path])
             if path.startswith(UNSUPPORTED):
-                return self._error(501, "pynydusd does not implement this (hot upgrade, failover, "
-                                        "several instances, blob cache or config reload)")
-            if path in self._gets() or path in ("/api/v1/daemon", "/api/v2/daemon"):
+                return self._error(501, "pynydusd does not implement this (several instances, "
+                                        "blob cache or config reload)")
+            if (path in self._gets() or path in CONTROLS
+                    or path in ("/api/v1/daemon", "/api/v2/daemon")):
                 return self._error(400, f"method {method} is not allowed on {path}")
             self._error(404, "NoRoute")
         except OSError:
@@ -140,12 +145,37 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("api %s %s failed", method, path)
             self._error(500, f"{type(e).__name__}: {e}")
 
+    def _control(self, action: str) -> None:
+        """sendfd, takeover, start, exit: the hand-over steps (nydusd-contract 6.6)."""
+        from .handover import HandoverError
+        from .service import NotReady, StateError
+
+        control = self.server.state.control
+        if control is None or (action in ("sendfd", "takeover")
+                               and not self.server.state.supervisor):
+            return self._error(400, f"{action} needs a supervisor socket (--supervisor)")
+        if action == "exit":  # answer first: the process is about to go
+            self.close_connection = True
+            self._send(204)
+            self.wfile.flush()
+            return control.exit()
+        try:
+            getattr(control, action)()
+        except StateError as e:
+            return self._error(400, str(e))
+        except NotReady as e:
+            return self._error(503, str(e))
+        except (HandoverError, OSError) as e:
+            log.error("%s failed: %s", action, e)
+            return self._error(500, f"{action} failed: {e}")
+        self._send(204)
+
     def _gets(self) -> dict:
         st: ApiState = self.server.state
         return {
             "/api/v1/daemon": lambda: st.daemon_info(),
             "/api/v2/daemon": lambda: st.daemon_info(v2=True),
-            "/api/v1/metrics": st.ops.fs_metrics,
+            "/api/v1/metrics": lambda: st.ops.fs_metrics(),
             "/api/v1/metrics/backend": st.backend_metrics,
             "/api/v1/metrics/blobcache": st.blobcache_metrics,
             "/api/v1/daemon/events": logs.ERRORS.snapshot,
@@ -160,6 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
                 path == "/api/v1/metrics/inflight" or ids[-1] in (
                     ("", st.daemon_id or "") if path.endswith("blobcache") else ("/",))):
             return self._error(404, f"no instance with id {ids[-1][:100]!r}")
+        if st.ops is None and path.startswith(("/api/v1/metrics", "/metrics")):
+            return self._error(503, f"not serving yet (state {st.state})")
         if path == "/api/v1/metrics/inflight":
             busy = st.ops.inflight_ops()
             return self._send(200, busy) if busy else self._send(204)

@@ -51,10 +51,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--log-rotation-size", type=int, default=0, help="accepted; rotation is not done")
     p.add_argument("-A", "--apisock", help="Unix socket for the HTTP API")
     p.add_argument("--id", help="daemon id (needs --supervisor)")
-    p.add_argument("-S", "--supervisor", help="supervisor socket (stored; hand-over not supported)")
+    p.add_argument("-S", "--supervisor",
+                   help="supervisor socket for hot upgrade and failover (API sendfd/takeover)")
     p.add_argument("--prefetch-files", help="file listing absolute paths to prefetch first")
     p.add_argument("-m", "--virtual-mountpoint", default="/", help="only / is supported")
-    p.add_argument("--upgrade", action="store_true", help="not supported (hot upgrade)")
+    p.add_argument("-U", "--upgrade", action="store_true",
+                   help="mount nothing: wait for PUT /api/v1/daemon/fuse/takeover, then start")
     p.add_argument("--failover-policy", choices=["resend", "flush", "none"], default="resend")
     p.add_argument("--writable", action="store_true", help="not supported: the mount is read-only")
     p.add_argument("--rlimit-nofile", type=int, default=1_000_000,
@@ -84,8 +86,9 @@ def parse_args(argv: list[str], prog: str) -> argparse.Namespace:
     sources = [x for x in (args.config, args.backend, args.localfs_dir) if x]
     if len(sources) != 1:
         parser.error("give exactly one of --config, --backend, --localfs-dir")
-    for flag, bad in (("--shared-dir", args.shared_dir), ("--upgrade", args.upgrade),
-                      ("--writable", args.writable)):
+    if args.upgrade and not (args.apisock and args.supervisor):
+        parser.error("--upgrade needs --apisock and --supervisor (the takeover comes over both)")
+    for flag, bad in (("--shared-dir", args.shared_dir), ("--writable", args.writable)):
         if bad:
             parser.error(f"{flag} is not supported by pynydusd")
     if args.virtual_mountpoint != "/":

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -96,8 +97,11 @@ class RafsOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, image: rafs.Image, store, *, enable_xattr: bool = False,
-                 thread_num: int = 4, mount_time: float | None = None) -> None:
+                 thread_num: int = 4, mount_time: float | None = None,
+                 on_init: Callable[[], None] | None = None) -> None:
         super().__init__()
+        self.on_init = on_init  # run at FUSE INIT, before any other request (see handover)
+        self.initialized = False
         self.image = image
         self.store = store
         self.xattr_enabled = enable_xattr or bool(image.flags & 0x20)
@@ -113,6 +117,12 @@ class RafsOperations(pyfuse3.Operations):
         self.read_latency = [0] * 8
         self.read_sizes = [0] * 8
         self.inflight: dict[int, tuple[int, int, float]] = {}  # unique -> (inode, opcode, start)
+
+    def init(self) -> None:
+        """FUSE INIT: pyfuse3 calls this synchronously, before it serves any other request."""
+        if self.on_init is not None:
+            self.on_init()
+        self.initialized = True
 
     # -- inode numbers: the kernel's root is 1; swap it with the image's root ----------------
 

@@ -6,9 +6,18 @@ import argparse
 import logging
 import os
 import signal
+import threading
 import time
 
 log = logging.getLogger("pynydusd")
+
+
+class StateError(Exception):
+    """An API call that the daemon's state does not allow (HTTP 400, as nydusd)."""
+
+
+class NotReady(Exception):
+    """An API call that must wait for the daemon (HTTP 503)."""
 
 
 class Daemon:
@@ -21,6 +30,18 @@ class Daemon:
         self.store = None
         self.early = stop if stop is not None else []  # signals seen before run() took over
         self.signalled = False
+        self.image = None
+        self.ops = None
+        self.mountpoint = ""
+        self.phase = "INIT"  # nydusd's states: INIT, READY, RUNNING (then STOPPED)
+        self.fuse_fd: int | None = None
+        self.conn_id: int | None = None
+        self.adoption = None
+        self.keep_mount = False  # `exit`: leave the mount for the next daemon
+        self.trio_token = None
+        self.nursery = None
+        self._lock = threading.Lock()
+        self._go = threading.Event()
 
     def run(self) -> int:
         import rafs
@@ -34,12 +55,15 @@ class Daemon:
         self.signalled = self.signalled or bool(self.early)  # never undo one that just came
         raise_nofile(getattr(args, "rlimit_nofile", 0))
         _tame_malloc()
-        mountpoint = os.path.realpath(args.mountpoint)
-        clear_stale_mount(mountpoint, args.apisock)
+        mountpoint = self.mountpoint = os.path.realpath(args.mountpoint)
+        if not getattr(args, "upgrade", False):
+            clear_stale_mount(mountpoint, args.apisock)
         if not os.path.isdir(mountpoint):
             raise RuntimeError(f"mountpoint {args.mountpoint} is not a directory")
         log.info("pynydusd %s (nydusd-compatible) starting, pid %d", _version(), os.getpid())
-        image = rafs.open_image(args.bootstrap)
+        image = self.image = rafs.open_image(args.bootstrap)
+        if getattr(args, "upgrade", False):  # storage opens at takeover, after the old daemon's
+            return self._run_upgrade()
         self.store = BlobStore(image, cfg.storage)
         # until trio listens (and after it stops), a SIGTERM/SIGINT is recorded, never fatal:
         # the mount must always be detached on the way out
@@ -52,28 +76,175 @@ class Daemon:
                  mountpoint, cfg.storage.backend_type, _speedup())
         try:
             import pyfuse3
-            import trio
 
-            from .fs import RafsOperations
-
-            ops = RafsOperations(image, self.store, enable_xattr=cfg.enable_xattr,
-                                 thread_num=args.thread_num, mount_time=time.time())
+            ops = self._operations()
             pyfuse3.init(ops, f"/dev/fd/{fd}", {"fsname=rafs"})
+            self.fuse_fd = fd  # libfuse's from here on: it closes it
         except BaseException:
             lazy_unmount(mountpoint)
             raise
+        return self._run_session(ops)
+
+    def _operations(self, on_init=None):
+        from .fs import RafsOperations
+
+        return RafsOperations(self.image, self.store, enable_xattr=self.config.enable_xattr,
+                              thread_num=self.args.thread_num, mount_time=time.time(),
+                              on_init=on_init)
+
+    def _run_session(self, ops) -> int:
+        import trio
+
+        self.ops = ops
+        self.phase = "RUNNING"
+        if self.api is not None:
+            self.api.server.state.ops = ops
+            self.api.server.state.state = "RUNNING"
         try:
-            trio.run(self._serve, ops, mountpoint)
+            trio.run(self._serve, ops, self.mountpoint)
         finally:
-            self._shutdown(mountpoint)
+            self._shutdown(self.mountpoint)
         log.info("nydusd quits")
         return 0
+
+    # -- hot upgrade and failover (nydusd-contract 6.6; the mechanics are in handover) --------
+
+    def _run_upgrade(self) -> int:
+        """--upgrade: mount nothing; serve the API in state INIT until a takeover brings the FUSE
+        connection of the previous daemon and `start` asks to serve it."""
+        from .api import ApiServer, ApiState
+
+        args = self.args
+        state = ApiState(args.id, args.supervisor, self.mountpoint, self.config.redacted(), None,
+                         None, control=self)
+        state.state = "INIT"
+        self.api = ApiServer(os.path.abspath(args.apisock), state)
+        self.api.start()
+        log.info("waiting for a takeover from the supervisor %s", args.supervisor)
+        while True:
+            self._go.wait(0.1)
+            with self._lock:
+                phase = self.phase
+                if self.signalled:  # a signal or `exit` before serving
+                    self.phase = "STOPPED"
+                    break
+            if phase == "STARTING":
+                return self._run_session(self.ops)
+        log.info("stopping before serving, as asked")
+        if phase in ("READY", "STARTING"):  # a session was prepared on the connection
+            self.adoption.release()
+            self._shutdown(self.mountpoint)  # unmounts, unless `exit` keeps the mount
+        else:
+            self.api.stop()
+        return 0
+
+    def takeover(self) -> None:
+        """API `takeover` (INIT -> READY): receive the FUSE fd and record from the supervisor,
+        check they are this mount's, and prepare a session on it."""
+        import pyfuse3
+
+        from . import handover
+
+        with self._lock:
+            if self.phase != "INIT":
+                raise StateError(f"takeover is valid in state INIT, not {self.phase}")
+            state, fd = handover.receive_fd(self.args.supervisor)
+            try:
+                handover.check_state(state, self.mountpoint, self.args.bootstrap)
+                conn_id = int(state.get("conn_id", 0))
+                if os.major(os.fstat(fd).st_rdev) != 10:  # /dev/fuse is misc char device 10
+                    raise handover.HandoverError("the supervisor's fd is not /dev/fuse")
+            except BaseException:
+                os.close(fd)
+                raise
+            adoption = handover.Adoption(fd)
+            try:
+                # the cache as the old daemon left it (it has exited, in a hot upgrade)
+                from .storage import BlobStore
+
+                self.store = self.api.server.state.store = BlobStore(self.image,
+                                                                     self.config.storage)
+                done = handover.redrive(fd, conn_id, self.args.failover_policy)
+                ops = self._operations(on_init=adoption.swap)
+            except BaseException:
+                adoption.release()
+                os.close(adoption.session_fd)
+                if self.store is not None:
+                    self.store.close()
+                    self.store = self.api.server.state.store = None
+                raise
+            try:
+                pyfuse3.init(ops, adoption.session_path, {"fsname=rafs"})  # owns session_fd now
+                adoption.feed_init()
+            except BaseException:
+                adoption.release()
+                pyfuse3.close(unmount=False)
+                raise
+            self.ops, self.adoption, self.conn_id = ops, adoption, conn_id
+            self.fuse_fd = adoption.session_fd
+            self.phase = self.api.server.state.state = "READY"
+        log.info("took over FUSE connection %d at %s from pid %s (re-drive: %s)", conn_id,
+                 self.mountpoint, state.get("pid"), done)
+
+    def start(self) -> None:
+        """API `start` (READY -> RUNNING): serve the connection taken over."""
+        with self._lock:
+            if self.phase != "READY":
+                raise StateError(f"start is valid in state READY, not {self.phase}")
+            self.phase = "STARTING"
+        self._go.set()
+
+    def sendfd(self) -> None:
+        """API `sendfd`: give the supervisor this daemon's FUSE fd and record (the daemon serves
+        on; with the supervisor holding a copy, the connection outlives this process)."""
+        from . import handover
+
+        with self._lock:
+            if self.phase not in ("RUNNING", "READY") or self.fuse_fd is None:
+                raise StateError(f"sendfd needs a FUSE session, and the state is {self.phase}")
+            if self.ops is None or not (self.ops.initialized or self.adoption is not None):
+                raise NotReady("the kernel has not finished FUSE INIT yet")
+            if self.conn_id is None:
+                self.conn_id = handover.connection_id(self.mountpoint)
+            state = handover.make_state(self.mountpoint, self.args.bootstrap, self.conn_id)
+            handover.send_fd(self.args.supervisor, state, self.fuse_fd)
+        log.info("sent the FUSE fd of %s to the supervisor %s", self.mountpoint,
+                 self.args.supervisor)
+
+    def exit(self) -> None:
+        """API `exit`: stop serving and quit **without** unmounting (hot upgrade's last step of
+        the old daemon). Requests not yet read wait in the kernel for the next daemon."""
+        log.info("exit requested over the API: stopping without unmounting")
+        with self._lock:
+            self.keep_mount = True
+            self.signalled = True
+            token = self.trio_token
+        self._go.set()
+        if token is not None:
+            import trio
+
+            try:
+                trio.from_thread.run_sync(self._stop_serving, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+
+    def _stop_serving(self) -> None:
+        import pyfuse3
+
+        pyfuse3.terminate()
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
 
     async def _serve(self, ops, mountpoint: str) -> None:
         import pyfuse3
         import trio
 
         async with trio.open_nursery() as nursery:
+            with self._lock:
+                self.trio_token, self.nursery = trio.lowlevel.current_trio_token(), nursery
+                leaving = self.keep_mount  # `exit` came before the loop ran
+            if leaving:
+                self._stop_serving()
             nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._after_mount, ops, mountpoint)
             await pyfuse3.main()
@@ -104,11 +275,11 @@ class Daemon:
         import trio
 
         args = self.args
-        if args.apisock:
+        if args.apisock and self.api is None:
             from .api import ApiServer, ApiState
 
             state = ApiState(args.id, args.supervisor, mountpoint, self.config.redacted(), ops,
-                             self.store)
+                             self.store, control=self)
             try:
                 api = ApiServer(os.path.abspath(args.apisock), state)
                 api.start()
@@ -123,16 +294,22 @@ class Daemon:
         except Exception as e:  # never fatal: reads still work
             log.error("background start failed: %s", e)
 
-    def _shutdown(self, mountpoint: str) -> None:
+    def _shutdown(self, mountpoint: str, session: bool = True) -> None:
+        """Close the FUSE session and detach the mount (kept after `exit`: a new daemon serves
+        it), stop the API, close storage."""
         import pyfuse3
 
         from .lifecycle import lazy_unmount, mounted_fstype
 
-        try:
-            pyfuse3.close(unmount=True)
-        except Exception as e:  # already detached (umount -lf) or connection aborted
-            log.debug("pyfuse3.close: %s", e)
-        if mounted_fstype(mountpoint) and mounted_fstype(mountpoint).startswith("fuse"):
+        self.phase = "STOPPED"
+        if session:
+            try:
+                pyfuse3.close(unmount=not self.keep_mount)
+            except Exception as e:  # already detached (umount -lf) or connection aborted
+                log.debug("pyfuse3.close: %s", e)
+        if self.keep_mount:
+            log.info("the mount at %s stays for the next daemon", mountpoint)
+        elif mounted_fstype(mountpoint) and mounted_fstype(mountpoint).startswith("fuse"):
             try:
                 lazy_unmount(mountpoint)
             except OSError as e:

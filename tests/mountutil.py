@@ -150,3 +150,18 @@ class BlobServerProc:
         self.proc.terminate()
         _, err = self.proc.communicate(timeout=5)
         self.stderr = err.decode(errors="replace")
+
+
+def api_call(sock: str | Path, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One request to a daemon's API socket: (status, body)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(str(sock))
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+              f"Connection: close\r\n\r\n".encode() + body)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload

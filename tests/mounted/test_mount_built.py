@@ -16,6 +16,7 @@ import pytest
 
 from rafs import chunkmap
 from tests.mountutil import PYNYDUSD, BlobServerProc, Daemon, fstype_at, require_fuse, wait_for
+from tests.mountutil import api_call as _api
 from tests.treeutil import make_source, source_manifest
 
 IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
@@ -58,19 +59,6 @@ def test_mount_of_builder_output_equals_source(built, tmp_path, version):
     finally:
         d.stop()
         server.stop()
-
-
-def _api(sock: Path, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(str(sock))
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-              f"Connection: close\r\n\r\n".encode() + body)
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    s.close()
-    head, _, payload = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), payload
 
 
 def test_api_socket(built, tmp_path):
@@ -120,8 +108,8 @@ def test_api_socket(built, tmp_path):
         assert code == 200 and b"pynydusd_storage_read_count" in body
         code, body = _api(sock, "GET", "/api/v1/nothing")
         assert code == 404 and json.loads(body)["code"] == "UNDEFINED"
-        code, body = _api(sock, "PUT", "/api/v1/daemon/fuse/takeover")
-        assert code == 501
+        code, body = _api(sock, "PUT", "/api/v1/daemon/fuse/takeover")  # no --supervisor given
+        assert code == 400 and b"supervisor" in body
         code, _ = _api(sock, "PUT", "/api/v1/daemon", b'{"log_level": "warn"}')
         assert code == 204
     finally:

@@ -1,0 +1,242 @@
+"""Hot upgrade and failover: a new daemon takes over the FUSE connection through a supervisor
+(nydusd's sendfd, exit, takeover, start), so the mount and the overlay on it never go away."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faultserver import FaultServer
+from tests.mountutil import PYNYDUSD, Daemon, api_call, fstype_at, require_fuse, wait_for
+from tests.treeutil import make_source, source_manifest
+
+IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
+SUPERVISOR = Path(sys.executable).parent / "pynydusd-supervisor"
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("handover")
+    src = make_source(tmp)
+    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x10000", "--blob-dir",
+                    str(tmp / "blobs"), "--bootstrap", str(tmp / "bootstrap"), str(src)],
+                   check=True, capture_output=True)
+    return tmp, src
+
+
+class Supervisor:
+    """pynydusd-supervisor on a socket under `where`."""
+
+    def __init__(self, where: Path) -> None:
+        self.path = where / "supervisor.sock"
+        self.log = open(where / "supervisor.log", "w+b")
+        self.proc = subprocess.Popen([str(SUPERVISOR), str(self.path)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait_for(self.path.is_socket, what="the supervisor socket")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        self.log.close()
+
+
+def argv(image: Path, mnt: Path, sock: Path, sup: Path, *extra: str) -> list[str]:
+    return [str(PYNYDUSD), "--bootstrap", str(image / "bootstrap"), "--apisock", str(sock),
+            "--id", "test", "--supervisor", str(sup), "--no-prefetch", *extra, str(mnt)]
+
+
+def state(sock: Path) -> str:
+    code, body = api_call(sock, "GET", "/api/v1/daemon")
+    assert code == 200, body
+    return json.loads(body)["state"]
+
+
+def reader(path: Path) -> tuple[threading.Thread, dict]:
+    """Read `path` whole in a thread; the result lands in the dict ("data" or "error")."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["data"] = path.read_bytes()
+        except OSError as e:
+            out["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def overlay(lower: Path, where: Path) -> Path:
+    merged = where / "merged"
+    for d in ("upper", "work", "merged"):
+        (where / d).mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lower},upperdir={where / 'upper'},workdir={where / 'work'}",
+                    str(merged)], check=True)
+    return merged
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["upgrade", "failover"])
+def test_a_new_daemon_takes_over_the_mount(image, tmp_path, how):
+    """upgrade: the old daemon sends its fd and exits; failover: it sends its fd and is killed
+    with SIGKILL. Either way the mount and the overlay on it stay, a read made while no daemon
+    serves waits instead of failing, and the new daemon serves the same tree."""
+    require_fuse()
+    img, src = image
+    sup = Supervisor(tmp_path)
+    mnt, a_sock, b_sock = tmp_path / "mnt", tmp_path / "a.sock", tmp_path / "b.sock"
+    mnt.mkdir()
+    a = Daemon(argv(img, mnt, a_sock, sup.path, "--backend", str(img / "blobs")), mnt)
+    b = merged = None
+    try:
+        merged = overlay(mnt, tmp_path)
+        assert (merged / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+        wait_for(a_sock.is_socket, what="the API socket")
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
+        b = Daemon(argv(img, mnt, b_sock, sup.path, "--backend", str(img / "blobs"), "--upgrade"),
+                   mnt, wait=False)
+        wait_for(b_sock.is_socket, what="the new daemon's API socket")
+        assert state(b_sock) == "INIT"
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 400  # nothing taken over
+        assert api_call(b_sock, "GET", "/api/v1/metrics")[0] == 503
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 400  # RUNNING
+        if how == "upgrade":
+            assert api_call(a_sock, "PUT", "/api/v1/daemon/exit")[0] == 204
+            assert a.proc.wait(timeout=10) == 0
+            assert "stays for the next daemon" in a.output()
+        else:
+            a.proc.kill()
+            a.proc.wait()
+        assert fstype_at(mnt) == "fuse" and fstype_at(merged) == "overlay"
+        t, out = reader(merged / "data/random-300k.bin")  # never read before: not in page cache
+        time.sleep(0.5)
+        assert t.is_alive() and not out, out  # waiting for a daemon, not failing
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
+        assert state(b_sock) == "READY"
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 400  # once only
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 204
+        t.join(10)
+        assert out.get("data") == (src / "data/random-300k.bin").read_bytes(), out
+        wait_for(lambda: state(b_sock) == "RUNNING", what="RUNNING")
+        got, want = source_manifest(mnt), source_manifest(src)
+        got[b"/"] = want[b"/"] = None
+        assert got == want
+        assert (merged / "data/text-1m.txt").read_bytes() == (src / "data/text-1m.txt").read_bytes()
+        assert api_call(b_sock, "GET", "/api/v1/metrics")[0] == 200
+        b.assert_clean_log()
+        subprocess.run(["umount", str(merged)], check=True)
+        merged = None
+        rc, _secs = b.terminate()
+        assert rc == 0 and fstype_at(mnt) is None  # SIGTERM: unmounts, as always
+    finally:
+        if merged is not None:
+            subprocess.run(["umount", "-l", str(merged)], check=False)
+        for d in (b, a):
+            if d is not None:
+                d.stop()
+        sup.stop()
+
+
+@pytest.mark.timeout(120)
+def test_failover_redrives_the_read_the_killed_daemon_held(image, tmp_path):
+    """A daemon killed while it waits for the backend leaves that read unanswered; the new
+    daemon has the kernel resend it (FUSE_NOTIFY_RESEND) and answers it."""
+    require_fuse()
+    img, src = image
+    server = FaultServer(img / "blobs", delay_s=1.0)
+    sup = Supervisor(tmp_path)
+    mnt, a_sock, b_sock = tmp_path / "mnt", tmp_path / "a.sock", tmp_path / "b.sock"
+    mnt.mkdir()
+    url = f"http://127.0.0.1:{server.port}/repo"
+    extra = ("--backend", url, "--cache-dir", str(tmp_path / "cache"))
+    a = Daemon(argv(img, mnt, a_sock, sup.path, *extra), mnt)
+    b = None
+    try:
+        wait_for(a_sock.is_socket, what="the API socket")
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
+        b = Daemon(argv(img, mnt, b_sock, sup.path, *extra, "--upgrade"), mnt, wait=False)
+        t, out = reader(mnt / "data/exactly-64k.bin")
+        time.sleep(0.5)  # the old daemon has asked the server, which answers after 1 s
+        assert t.is_alive() and not server.served
+        a.proc.send_signal(signal.SIGKILL)  # mid-fetch: the read is the dead daemon's
+        a.proc.wait()
+        wait_for(b_sock.is_socket, what="the new daemon's API socket")
+        server.delay_s = 0
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
+        if "resend unsupported" in b.output():
+            pytest.skip("this kernel has no FUSE_NOTIFY_RESEND (Linux 6.9+): the killed "
+                        "daemon's read cannot be re-driven")
+        assert "re-drive: resend" in b.output()
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 204
+        t.join(15)
+        assert out.get("data") == (src / "data/exactly-64k.bin").read_bytes(), out
+    finally:
+        for d in (b, a):
+            if d is not None:
+                d.stop()
+        sup.stop()
+        server.stop()
+
+
+def test_takeover_refuses_another_image_and_leaves_the_mount(image, tmp_path):
+    """A record for another bootstrap would map inode numbers to the wrong files: refused with
+    a clear error; the mount keeps working for its own daemon; the refused daemon stops clean."""
+    require_fuse()
+    img, src = image
+    sup = Supervisor(tmp_path)
+    mnt, a_sock, b_sock = tmp_path / "mnt", tmp_path / "a.sock", tmp_path / "b.sock"
+    mnt.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bootstrap").write_bytes((img / "bootstrap").read_bytes())  # same bytes, other file
+    (other / "blobs").symlink_to(img / "blobs")
+    a = Daemon(argv(img, mnt, a_sock, sup.path, "--backend", str(img / "blobs")), mnt)
+    b = None
+    try:
+        wait_for(a_sock.is_socket, what="the API socket")
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
+        b = Daemon(argv(other, mnt, b_sock, sup.path, "--backend", str(img / "blobs"),
+                        "--upgrade"), mnt, wait=False)
+        wait_for(b_sock.is_socket, what="the new daemon's API socket")
+        code, body = api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")
+        assert code == 500 and b"not '" + str(other / "bootstrap").encode() in body, body
+        assert state(b_sock) == "INIT"
+        assert (mnt / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+        rc, _ = b.terminate()
+        assert rc == 0 and fstype_at(mnt) == "fuse"  # INIT: it never touched the mount
+        assert (mnt / "etc/hostname").exists() == (src / "etc/hostname").exists()
+    finally:
+        for d in (b, a):
+            if d is not None:
+                d.stop()
+        sup.stop()
+
+
+def test_handover_needs_a_supervisor(image, tmp_path):
+    """Without --supervisor, sendfd and takeover are refused (400); with one that does not
+    listen, sendfd fails (500) and the daemon serves on; --upgrade needs both sockets."""
+    require_fuse()
+    img, src = image
+    mnt, sock = tmp_path / "mnt", tmp_path / "a.sock"
+    mnt.mkdir()
+    base = [str(PYNYDUSD), "--bootstrap", str(img / "bootstrap"), "--backend", str(img / "blobs"),
+            "--apisock", str(sock)]
+    r = subprocess.run([*base, "--upgrade", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--upgrade needs --apisock and --supervisor" in r.stderr
+    a = Daemon([*base, "--id", "x", "--supervisor", str(tmp_path / "nobody.sock"), str(mnt)], mnt)
+    try:
+        wait_for(sock.is_socket, what="the API socket")
+        code, body = api_call(sock, "PUT", "/api/v1/daemon/fuse/sendfd")
+        assert code == 500 and b"cannot connect to the supervisor" in body, body
+        assert (mnt / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+        assert os.path.ismount(mnt)
+    finally:
+        a.stop()
