@@ -81,8 +81,7 @@ IDLE_S = 10.0  # a connection that sends nothing for this long is closed
 CONTROLS = {"/api/v1/daemon/fuse/sendfd": "sendfd", "/api/v1/daemon/fuse/takeover": "takeover",
             "/api/v1/daemon/start": "start", "/api/v1/daemon/exit": "exit"}
 UNSUPPORTED = ("/api/v1/mount", "/api/v1/daemon/backend",
-               "/api/v1/metrics/files", "/api/v1/metrics/pattern", "/api/v1/config",
-               "/api/v2/blobs")
+               "/api/v1/metrics/files", "/api/v1/metrics/pattern", "/api/v2/blobs")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -122,21 +121,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         path, _, query = self.path.partition("?")
         length = self._length()
-        if length is None or (length and not (
-                method == "PUT" and path in ("/api/v1/daemon", "/api/v2/daemon"))):
+        if length is None or (length and not (method == "PUT" and path in (
+                "/api/v1/daemon", "/api/v2/daemon", "/api/v1/config"))):
             self.close_connection = True  # a body nobody reads (or reads alike): the end here
         try:
             if method == "GET" and path in self._gets():
                 return self._get(path, urllib.parse.parse_qs(query))
             if method == "PUT" and path in ("/api/v1/daemon", "/api/v2/daemon"):
                 return self._put_daemon()
+            if method == "PUT" and path == "/api/v1/config":
+                return self._put_config()
             if method == "PUT" and path in CONTROLS:
                 return self._control(CONTROLS[path])
             if path.startswith(UNSUPPORTED):
                 return self._error(501, "pynydusd does not implement this (several instances, "
                                         "blob cache or config reload)")
             if (path in self._gets() or path in CONTROLS
-                    or path in ("/api/v1/daemon", "/api/v2/daemon")):
+                    or path in ("/api/v1/daemon", "/api/v2/daemon", "/api/v1/config")):
                 return self._error(400, f"method {method} is not allowed on {path}")
             self._error(404, "NoRoute")
         except OSError:
@@ -179,6 +180,8 @@ class _Handler(BaseHTTPRequestHandler):
             "/api/v1/metrics/backend": st.backend_metrics,
             "/api/v1/metrics/blobcache": st.blobcache_metrics,
             "/api/v1/daemon/events": logs.ERRORS.snapshot,
+            # the hot-reloadable settings; values are withheld: the API never shows credentials
+            "/api/v1/config": lambda: {"registry_auth": ""},
             "/api/v1/metrics/inflight": None,
             "/metrics": None,
         }
@@ -239,6 +242,34 @@ class _Handler(BaseHTTPRequestHandler):
             logs.set_level(level)
         except ValueError as e:  # upstream: an invalid level is a 500
             return self._error(500, str(e))
+        self._send(204)
+
+    def _put_config(self) -> None:
+        """Hot-reload the registry credentials: {"registry_auth": "<base64 of user:password>"}."""
+        from .storage_errors import BackendError
+
+        body = self._body()
+        if body is None:
+            return
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            return self._error(400, f"unparsable body: {e}")
+        if not isinstance(request, dict) or not all(isinstance(v, str) for v in request.values()):
+            return self._error(400, "body must be a JSON object of strings")
+        unknown = sorted(set(request) - {"registry_auth"})
+        if unknown:  # upstream: unknown keys are a 500
+            return self._error(500, f"unknown config keys {unknown[:5]!r}: only registry_auth "
+                                    "can be changed")
+        store = self.server.state.store
+        if store is None:
+            return self._error(503, f"not serving yet (state {self.server.state.state})")
+        if "registry_auth" in request:
+            try:
+                store.backend.set_auth(request["registry_auth"])
+            except BackendError as e:
+                return self._error(500, str(e))
+            log.info("registry credentials replaced over the API")
         self._send(204)
 
     def do_GET(self) -> None:  # noqa: N802

@@ -53,6 +53,10 @@ class Backend:
                       "read_count_block_size_dist": [0] * 8,
                       "read_latency_sizes_dist": [[0] * 8 for _ in range(8)]}
 
+    def set_auth(self, auth: str) -> None:
+        """Replace the credentials (base64 of user:password); registries only."""
+        raise BackendError(f"registry_auth does not apply to a {self.kind} backend")
+
     def read(self, blob_id: str, offset: int, size: int) -> bytes:
         """Exactly `size` bytes at `offset` of blob `blob_id`."""
         check_blob_id(blob_id)

@@ -128,6 +128,9 @@ def make_config(args: argparse.Namespace):
 
     if args.config:
         cfg = load_config(args.config)
+        pull_auth = os.environ.get("IMAGE_PULL_AUTH")
+        if pull_auth and cfg.storage.backend_type == "registry":  # credentials kept off disk
+            cfg.storage.backend_config["auth"] = pull_auth
     elif args.backend:
         cfg = backend_config(args.backend)
     else:

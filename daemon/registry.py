@@ -137,6 +137,14 @@ class RegistryBackend(Backend):
 
     # -- authentication -----------------------------------------------------------------------
 
+    def set_auth(self, auth: str) -> None:
+        """New credentials (PUT /api/v1/config): the header or token negotiated with the old ones
+        is dropped, so the next request authenticates afresh."""
+        basic = basic_auth_header(auth)
+        with self.auth_lock:
+            self.basic = basic
+            self.auth_header = None
+
     def _authenticate(self, r, url: str, headers: dict) -> None:
         challenge = r.headers.get("WWW-Authenticate", "")
         scheme = challenge.split(" ", 1)[0].lower()
