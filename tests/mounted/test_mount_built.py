@@ -222,7 +222,7 @@ def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
         s.settimeout(10)
         s.connect(str(sock))
         body = b'{"registry_auth": "dXNlcjpwYXNz"}'
-        s.sendall(b"PUT /api/v1/config HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+        s.sendall(b"PUT /api/v1/mount?mountpoint=/x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
                   + body + b"GET /api/v1/daemon HTTP/1.1\r\n\r\n")
         data = b""
         while chunk := s.recv(65536):
