@@ -155,12 +155,17 @@ class _Handler(BaseHTTPRequestHandler):
         if control is None or (action in ("sendfd", "takeover")
                                and not self.server.state.supervisor):
             return self._error(400, f"{action} needs a supervisor socket (--supervisor)")
-        if action == "exit":  # answer first: the process is about to go
-            self.close_connection = True
-            self._send(204)
-            self.wfile.flush()
-            return control.exit()
         try:
+            if action == "exit":  # answered once reading has stopped; then the process goes
+                control.check_exit()
+                self.close_connection = True
+                control.exit()
+                try:
+                    self._send(204)
+                    self.wfile.flush()
+                finally:
+                    control.exit_answered()
+                return None
             getattr(control, action)()
         except StateError as e:
             return self._error(400, str(e))

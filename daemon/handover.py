@@ -20,15 +20,19 @@ import errno
 import json
 import logging
 import os
+import select
 import socket
+import stat
 import struct
+import time
 
 log = logging.getLogger(__name__)
 
 MAGIC = "pynydusd-handover"
 VERSION = 1
 MAX_STATE = 32 << 10  # the record's size limit (it is a few hundred bytes)
-TIMEOUT_S = 5.0
+TIMEOUT_S = 5.0  # for the whole exchange with the supervisor
+FUSE_DEV = os.makedev(10, 229)  # /dev/fuse
 
 FUSE_INIT = 26
 FUSE_NOTIFY_RESEND = 7
@@ -54,11 +58,21 @@ def connection_id(mountpoint: str) -> int:
     return os.major(dev) << 20 | os.minor(dev)
 
 
+def libfuse_version() -> int:
+    """The libfuse the FUSE session runs on (its INIT reply settled the request sizes)."""
+    import ctypes
+
+    try:
+        return int(ctypes.CDLL("libfuse3.so.3").fuse_version())
+    except (OSError, AttributeError):
+        return 0
+
+
 def make_state(mountpoint: str, bootstrap: str, conn_id: int) -> dict:
     """The record a new daemon checks before it serves the connection."""
     return {"magic": MAGIC, "version": VERSION, "mountpoint": mountpoint,
             "bootstrap": os.path.realpath(bootstrap), "bootstrap_id": identity(bootstrap),
-            "conn_id": conn_id, "pid": os.getpid()}
+            "conn_id": conn_id, "libfuse": libfuse_version(), "pid": os.getpid()}
 
 
 def _connect(supervisor: str) -> socket.socket:
@@ -86,15 +100,28 @@ def send_fd(supervisor: str, state: dict, fd: int) -> None:
 
 
 def receive_fd(supervisor: str) -> tuple[dict, int]:
-    """The record and fd the supervisor holds. Every other fd it passes is closed."""
+    """The record and fd the supervisor holds (within TIMEOUT_S in all). Every other fd it
+    passes is closed."""
+    deadline = time.monotonic() + TIMEOUT_S
     s = _connect(supervisor)
     fds: list[int] = []
+
+    def wait() -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OSError(errno.ETIMEDOUT, "the supervisor took too long")
+        s.settimeout(left)
+
     try:
+        wait()
         data, anc, _flags, _addr = s.recvmsg(MAX_STATE, socket.CMSG_SPACE(16 * 4))
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds += array.array("i", payload[:len(payload) - len(payload) % 4])
+        for fd in fds:
+            os.set_inheritable(fd, False)
         while data and len(data) <= MAX_STATE:
+            wait()
             more = s.recv(MAX_STATE)
             if not more:
                 break
@@ -124,16 +151,39 @@ def receive_fd(supervisor: str) -> tuple[dict, int]:
     return state, fds[0]
 
 
-def check_state(state: dict, mountpoint: str, bootstrap: str) -> None:
-    """Refuse a record for another mountpoint or another bootstrap: its inode numbers would
-    name other files."""
+def check_state(state: dict, fd: int, mountpoint: str, mounted: int | None,
+                bootstrap: str) -> int:
+    """Refuse what this daemon must not serve; return the connection id. The fd must be a
+    live /dev/fuse connection, the very one mounted at `mountpoint` now (`mounted`: its id
+    from mountinfo), for the same bootstrap (else inode numbers would name other files) and
+    the same libfuse (which settled the request sizes with the kernel)."""
+    st = os.fstat(fd)
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != FUSE_DEV:
+        raise HandoverError("the supervisor's fd is not /dev/fuse")
+    events = select.poll()
+    events.register(fd, select.POLLIN)
+    if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events.poll(0)):
+        raise HandoverError("the FUSE connection the supervisor holds is gone (aborted or "
+                            "unmounted): a stale record")
+    conn_id = state.get("conn_id")
+    if type(conn_id) is not int:
+        raise HandoverError(f"the record's conn_id {str(conn_id)[:40]!r} is not a number")
     if state.get("mountpoint") != mountpoint:
-        raise HandoverError(f"the supervisor's session serves {state.get('mountpoint')!r}, "
-                            f"not {mountpoint!r}")
+        raise HandoverError(f"the supervisor's session serves {str(state.get('mountpoint'))[:200]!r}"
+                            f", not {mountpoint!r}")
+    if conn_id != mounted:
+        raise HandoverError(f"the record is for FUSE connection {conn_id}, but {mountpoint} holds "
+                            f"{'nothing' if mounted is None else f'connection {mounted}'}: "
+                            "a stale record")
     if (state.get("bootstrap") != os.path.realpath(bootstrap)
             or state.get("bootstrap_id") != identity(bootstrap)):
         raise HandoverError(f"the supervisor's session serves the bootstrap "
-                            f"{state.get('bootstrap')!r} (as it was then), not {bootstrap!r}")
+                            f"{str(state.get('bootstrap'))[:200]!r} (as it was then), "
+                            f"not {bootstrap!r}")
+    if state.get("libfuse") != libfuse_version():
+        raise HandoverError(f"the old daemon ran libfuse {state.get('libfuse')!r}, this one "
+                            f"{libfuse_version()}: hand over between the same builds")
+    return conn_id
 
 
 class Adoption:
@@ -160,10 +210,16 @@ class Adoption:
         """Put the kernel connection where libfuse reads (called while it handles the INIT)."""
         if self.swapped:
             return
-        os.dup2(self.fuse_fd, self.session_fd)
+        os.dup2(self.fuse_fd, self.session_fd, inheritable=False)
         os.close(self.fuse_fd)
         self._peer.close()
         self.fuse_fd = self.session_fd
+        self.swapped = True
+
+    def abandon(self) -> None:
+        """Undo the constructor after a failure: the socket pair only (`fuse_fd` stays the
+        caller's)."""
+        self._peer.close()
         self.swapped = True
 
     def release(self) -> None:

@@ -13,12 +13,13 @@ import threading
 
 log = logging.getLogger(__name__)
 
-MNT_DETACH = 2
+MNT_FORCE, MNT_DETACH = 1, 2
 
 
-def mounted_fstype(path: str) -> str | None:
-    """The filesystem type mounted exactly at `path` (from /proc/self/mountinfo), or None."""
-    real = os.path.realpath(path)
+def mounted_fstype(real: str) -> str | None:
+    """The filesystem type mounted exactly at the canonical path `real` (from
+    /proc/self/mountinfo), or None. No path lookup: that could wait on a FUSE mount nobody
+    serves."""
     found = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
@@ -29,6 +30,23 @@ def mounted_fstype(path: str) -> str | None:
                 if mnt == real:
                     found = fields[sep + 1]
     except OSError:
+        return None
+    return found
+
+
+def mount_conn_id(real: str) -> int | None:
+    """The device of the topmost mount at the canonical path `real` as a FUSE connection id
+    (major << 20 | minor), from /proc/self/mountinfo: no request goes to the filesystem. None
+    when nothing is mounted."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == real:
+                    major, _, minor = fields[2].partition(":")
+                    found = int(major) << 20 | int(minor)
+    except (OSError, ValueError):
         return None
     return found
 
@@ -52,10 +70,11 @@ def load_libc():
     return _LIBC
 
 
-def lazy_unmount(path: str) -> bool:
-    """umount2(path, MNT_DETACH); True when something was detached, False if nothing was there."""
+def lazy_unmount(path: str, force: bool = False) -> bool:
+    """umount2(path, MNT_DETACH), with MNT_FORCE also aborting a FUSE connection that another
+    process (a supervisor) keeps open; True when something was detached, False if nothing was."""
     libc = load_libc()
-    if libc.umount2(os.fsencode(path), MNT_DETACH) == 0:
+    if libc.umount2(os.fsencode(path), MNT_DETACH | (MNT_FORCE if force else 0)) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOENT, errno.ENOTCONN):
@@ -79,6 +98,11 @@ def socket_alive(path: str) -> bool:
 PROBE_S = 2.0  # how long a mount has to answer statfs
 
 
+class MountNotAnswering(RuntimeError):
+    """A FUSE mount whose connection is alive but which nobody serves (a stopped daemon, or a
+    killed one whose fd a supervisor keeps for a takeover)."""
+
+
 def _answers(mountpoint: str) -> bool:
     """True when statfs of `mountpoint` works, False when its FUSE connection is gone (a killed
     daemon). A mount whose daemon is alive but stopped (SIGSTOP) never answers: RuntimeError
@@ -96,7 +120,8 @@ def _answers(mountpoint: str) -> bool:
     t.start()
     t.join(PROBE_S)
     if t.is_alive():
-        raise RuntimeError(f"the mount at {mountpoint} does not answer (is its daemon stopped?)")
+        raise MountNotAnswering(f"the mount at {mountpoint} does not answer (is its daemon "
+                                "stopped?)")
     e = out.get("error")
     if e is None:
         return True

@@ -20,6 +20,9 @@ class NotReady(Exception):
     """An API call that must wait for the daemon (HTTP 503)."""
 
 
+DRAIN_S = 10.0  # `exit`: how long requests being served may take to finish
+
+
 class Daemon:
     """One mount of one image, from start to a clean exit."""
 
@@ -34,19 +37,30 @@ class Daemon:
         self.ops = None
         self.mountpoint = ""
         self.phase = "INIT"  # nydusd's states: INIT, READY, RUNNING (then STOPPED)
-        self.fuse_fd: int | None = None
-        self.conn_id: int | None = None
-        self.adoption = None
+        self.kernel_fd: int | None = None  # our own copy of the /dev/fuse fd, for sendfd
+        self.conn_id: int | None = None  # the FUSE connection id of the mount
+        self.adoption = None  # after a takeover
+        self.handed = False  # sendfd done: a supervisor holds the connection too
         self.keep_mount = False  # `exit`: leave the mount for the next daemon
         self.trio_token = None
         self.nursery = None
         self._lock = threading.Lock()
         self._go = threading.Event()
+        self._loop_done = threading.Event()
+        self._answered = threading.Event()
 
     def run(self) -> int:
         import rafs
 
-        from .lifecycle import clear_stale_mount, kernel_mount, lazy_unmount, raise_nofile
+        from .lifecycle import (
+            MountNotAnswering,
+            clear_stale_mount,
+            kernel_mount,
+            lazy_unmount,
+            mount_conn_id,
+            raise_nofile,
+            socket_alive,
+        )
         from .storage import BlobStore
 
         args, cfg = self.args, self.config
@@ -57,7 +71,16 @@ class Daemon:
         _tame_malloc()
         mountpoint = self.mountpoint = os.path.realpath(args.mountpoint)
         if not getattr(args, "upgrade", False):
-            clear_stale_mount(mountpoint, args.apisock)
+            try:
+                clear_stale_mount(mountpoint, args.apisock)
+            except MountNotAnswering:
+                # a connection nobody serves while a supervisor listens: its fd is kept there
+                # for a takeover (nydusd-contract 6.5/6.6), so wait for one instead of failing
+                if not (args.supervisor and args.apisock and socket_alive(args.supervisor)):
+                    raise
+                log.warning("%s holds a FUSE connection nobody serves and the supervisor %s "
+                            "listens: waiting for a takeover", mountpoint, args.supervisor)
+                args.upgrade = True
         if not os.path.isdir(mountpoint):
             raise RuntimeError(f"mountpoint {args.mountpoint} is not a directory")
         log.info("pynydusd %s (nydusd-compatible) starting, pid %d", _version(), os.getpid())
@@ -78,8 +101,10 @@ class Daemon:
             import pyfuse3
 
             ops = self._operations()
+            if args.supervisor:  # a copy of our own, for sendfd (libfuse closes `fd`)
+                self.kernel_fd = os.dup(fd)
+                self.conn_id = mount_conn_id(mountpoint)
             pyfuse3.init(ops, f"/dev/fd/{fd}", {"fsname=rafs"})
-            self.fuse_fd = fd  # libfuse's from here on: it closes it
         except BaseException:
             lazy_unmount(mountpoint)
             raise
@@ -103,6 +128,7 @@ class Daemon:
         try:
             trio.run(self._serve, ops, self.mountpoint)
         finally:
+            self._loop_done.set()
             self._shutdown(self.mountpoint)
         log.info("nydusd quits")
         return 0
@@ -135,85 +161,117 @@ class Daemon:
             self.adoption.release()
             self._shutdown(self.mountpoint)  # unmounts, unless `exit` keeps the mount
         else:
+            if self.keep_mount:
+                self._answered.wait(2.0)  # let the API answer `exit` first
             self.api.stop()
         return 0
 
     def takeover(self) -> None:
         """API `takeover` (INIT -> READY): receive the FUSE fd and record from the supervisor,
-        check they are this mount's, and prepare a session on it."""
-        import pyfuse3
-
+        check they are this mount's, open storage and prepare a session on the connection."""
         from . import handover
+        from .lifecycle import mount_conn_id
 
         with self._lock:
             if self.phase != "INIT":
                 raise StateError(f"takeover is valid in state INIT, not {self.phase}")
+            self.phase = "TAKING"  # the exchange runs unlocked: signals and exit stay served
+        try:
             state, fd = handover.receive_fd(self.args.supervisor)
             try:
-                handover.check_state(state, self.mountpoint, self.args.bootstrap)
-                conn_id = int(state.get("conn_id", 0))
-                if os.major(os.fstat(fd).st_rdev) != 10:  # /dev/fuse is misc char device 10
-                    raise handover.HandoverError("the supervisor's fd is not /dev/fuse")
+                conn_id = handover.check_state(state, fd, self.mountpoint,
+                                               mount_conn_id(self.mountpoint), self.args.bootstrap)
+                self._adopt(fd)
             except BaseException:
                 os.close(fd)
                 raise
-            adoption = handover.Adoption(fd)
-            try:
-                # the cache as the old daemon left it (it has exited, in a hot upgrade)
-                from .storage import BlobStore
+        except BaseException:
+            with self._lock:
+                if self.phase == "TAKING":
+                    self.phase = "INIT"
+            raise
+        with self._lock:
+            self.conn_id = conn_id
+            if self.phase == "TAKING":
+                self.phase = self.api.server.state.state = "READY"
+        log.info("took over FUSE connection %d at %s from pid %s", conn_id, self.mountpoint,
+                 state.get("pid"))
 
-                self.store = self.api.server.state.store = BlobStore(self.image,
-                                                                     self.config.storage)
-                done = handover.redrive(fd, conn_id, self.args.failover_policy)
-                ops = self._operations(on_init=adoption.swap)
-            except BaseException:
-                adoption.release()
-                os.close(adoption.session_fd)
-                if self.store is not None:
-                    self.store.close()
-                    self.store = self.api.server.state.store = None
-                raise
+    def _adopt(self, fd: int) -> None:
+        """Storage, operations and a libfuse session for the kernel connection `fd` (the
+        adoption's from here on; the caller's to close if this fails)."""
+        import pyfuse3
+
+        from . import handover
+        from .storage import BlobStore
+
+        # the cache as the old daemon left it (it has exited, in a hot upgrade)
+        store = BlobStore(self.image, self.config.storage)
+        adoption = kernel_fd = None
+        try:
+            kernel_fd = os.dup(fd)
+            adoption = handover.Adoption(fd)
+            self.store = store
+            ops = self._operations(on_init=adoption.swap)
             try:
                 pyfuse3.init(ops, adoption.session_path, {"fsname=rafs"})  # owns session_fd now
-                adoption.feed_init()
             except BaseException:
-                adoption.release()
-                pyfuse3.close(unmount=False)
+                os.close(adoption.session_fd)
                 raise
-            self.ops, self.adoption, self.conn_id = ops, adoption, conn_id
-            self.fuse_fd = adoption.session_fd
-            self.phase = self.api.server.state.state = "READY"
-        log.info("took over FUSE connection %d at %s from pid %s (re-drive: %s)", conn_id,
-                 self.mountpoint, state.get("pid"), done)
+            adoption.feed_init()
+        except BaseException:
+            if adoption is not None:
+                adoption.abandon()
+            if kernel_fd is not None:
+                os.close(kernel_fd)
+            self.store = None
+            store.close()
+            raise
+        self.api.server.state.store = store
+        self.ops, self.adoption, self.kernel_fd = ops, adoption, kernel_fd
 
     def start(self) -> None:
-        """API `start` (READY -> RUNNING): serve the connection taken over."""
+        """API `start` (READY -> RUNNING): re-drive what the old daemon left unanswered (a
+        crash), then serve the connection taken over."""
+        from . import handover
+
         with self._lock:
             if self.phase != "READY":
                 raise StateError(f"start is valid in state READY, not {self.phase}")
             self.phase = "STARTING"
+            done = handover.redrive(self.kernel_fd, self.conn_id, self.args.failover_policy)
+        log.info("starting on the connection taken over (re-drive: %s)", done)
         self._go.set()
 
     def sendfd(self) -> None:
-        """API `sendfd`: give the supervisor this daemon's FUSE fd and record (the daemon serves
-        on; with the supervisor holding a copy, the connection outlives this process)."""
+        """API `sendfd`: give the supervisor a copy of this daemon's FUSE fd and its record (the
+        daemon serves on; the connection now outlives this process)."""
         from . import handover
 
         with self._lock:
-            if self.phase not in ("RUNNING", "READY") or self.fuse_fd is None:
+            if self.phase not in ("RUNNING", "READY", "STARTING") or self.kernel_fd is None:
                 raise StateError(f"sendfd needs a FUSE session, and the state is {self.phase}")
-            if self.ops is None or not (self.ops.initialized or self.adoption is not None):
+            if self.adoption is None and not self.ops.initialized:
                 raise NotReady("the kernel has not finished FUSE INIT yet")
             if self.conn_id is None:
-                self.conn_id = handover.connection_id(self.mountpoint)
+                raise handover.HandoverError(f"no FUSE mount found at {self.mountpoint}")
             state = handover.make_state(self.mountpoint, self.args.bootstrap, self.conn_id)
-            handover.send_fd(self.args.supervisor, state, self.fuse_fd)
+            handover.send_fd(self.args.supervisor, state, self.kernel_fd)
+            self.handed = True
         log.info("sent the FUSE fd of %s to the supervisor %s", self.mountpoint,
                  self.args.supervisor)
 
+    def check_exit(self) -> None:
+        """Refuse an `exit` that would strand the mount: no supervisor holds its connection."""
+        with self._lock:
+            if self.phase not in ("INIT", "STOPPED") and not (self.handed or self.adoption):
+                raise StateError("exit keeps the mount for a next daemon, but no supervisor "
+                                 "holds its connection: call sendfd first (or stop with SIGTERM)")
+
     def exit(self) -> None:
-        """API `exit`: stop serving and quit **without** unmounting (hot upgrade's last step of
-        the old daemon). Requests not yet read wait in the kernel for the next daemon."""
+        """API `exit`: stop reading requests, let those being served finish (DRAIN_S at most),
+        and quit **without** unmounting (hot upgrade's last step of the old daemon). Requests
+        not yet read wait in the kernel for the next daemon. Returns once reading has stopped."""
         log.info("exit requested over the API: stopping without unmounting")
         with self._lock:
             self.keep_mount = True
@@ -224,16 +282,42 @@ class Daemon:
             import trio
 
             try:
-                trio.from_thread.run_sync(self._stop_serving, trio_token=token)
+                trio.from_thread.run_sync(self._drain, trio_token=token)
             except trio.RunFinishedError:
                 pass
+            self._loop_done.wait(DRAIN_S + 1)
 
-    def _stop_serving(self) -> None:
+    def exit_answered(self) -> None:
+        """The API has answered `exit`: the process may go."""
+        self._answered.set()
+
+    def _drain(self) -> None:
         import pyfuse3
 
-        pyfuse3.terminate()
+        pyfuse3.terminate()  # no more reads; pyfuse3.main returns once handlers finish
         if self.nursery is not None:
-            self.nursery.cancel_scope.cancel()
+            self.nursery.start_soon(self._cancel_after, DRAIN_S)
+
+    async def _cancel_after(self, seconds: float) -> None:
+        import trio
+
+        await trio.sleep(seconds)
+        log.warning("requests still served after %.0f s: abandoned", seconds)
+        self.nursery.cancel_scope.cancel()
+
+    async def _watch_adoption(self, ops) -> None:
+        """After a takeover: the kernel connection must have replaced the socket pair when the
+        synthetic INIT was handled; if not, stop (the supervisor still holds the connection)."""
+        import trio
+
+        with trio.move_on_after(5):
+            while not ops.initialized:
+                await trio.sleep(0.01)
+        if not self.adoption.swapped:
+            log.error("the FUSE connection taken over could not be adopted: stopping, the mount "
+                      "stays for another daemon")
+            self.keep_mount = True
+            self._drain()
 
     async def _serve(self, ops, mountpoint: str) -> None:
         import pyfuse3
@@ -244,7 +328,9 @@ class Daemon:
                 self.trio_token, self.nursery = trio.lowlevel.current_trio_token(), nursery
                 leaving = self.keep_mount  # `exit` came before the loop ran
             if leaving:
-                self._stop_serving()
+                self._drain()
+            if self.adoption is not None:
+                nursery.start_soon(self._watch_adoption, ops)
             nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._after_mount, ops, mountpoint)
             await pyfuse3.main()
@@ -299,7 +385,7 @@ class Daemon:
         it), stop the API, close storage."""
         import pyfuse3
 
-        from .lifecycle import lazy_unmount, mounted_fstype
+        from .lifecycle import lazy_unmount, mount_conn_id, mounted_fstype
 
         self.phase = "STOPPED"
         if session:
@@ -307,11 +393,16 @@ class Daemon:
                 pyfuse3.close(unmount=not self.keep_mount)
             except Exception as e:  # already detached (umount -lf) or connection aborted
                 log.debug("pyfuse3.close: %s", e)
+        if self.kernel_fd is not None:
+            os.close(self.kernel_fd)
+            self.kernel_fd = None
         if self.keep_mount:
             log.info("the mount at %s stays for the next daemon", mountpoint)
-        elif mounted_fstype(mountpoint) and mounted_fstype(mountpoint).startswith("fuse"):
-            try:
-                lazy_unmount(mountpoint)
+            self._answered.wait(2.0)  # let the API answer `exit` before the process goes
+        elif (mounted_fstype(mountpoint) or "").startswith("fuse") and (
+                self.conn_id is None or mount_conn_id(mountpoint) == self.conn_id):
+            try:  # after sendfd the supervisor keeps the connection open: abort it (MNT_FORCE)
+                lazy_unmount(mountpoint, force=self.handed or self.adoption is not None)
             except OSError as e:
                 log.warning("%s", e)
         if self.api is not None:

@@ -108,8 +108,13 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if fstype_at(self.mountpoint):
-            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+        if fstype_at(self.mountpoint):  # umount2 here: a forked child could block closing an
+            from daemon.lifecycle import lazy_unmount  # inherited fd of an unserved mount
+
+            try:
+                lazy_unmount(os.path.realpath(self.mountpoint), force=True)
+            except OSError:
+                pass
         self.log.close()
 
     def assert_clean_log(self) -> None:

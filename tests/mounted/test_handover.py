@@ -139,10 +139,10 @@ def test_a_new_daemon_takes_over_the_mount(image, tmp_path, how):
     finally:
         if merged is not None:
             subprocess.run(["umount", "-l", str(merged)], check=False)
+        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
         for d in (b, a):
             if d is not None:
                 d.stop()
-        sup.stop()
 
 
 @pytest.mark.timeout(120)
@@ -171,18 +171,18 @@ def test_failover_redrives_the_read_the_killed_daemon_held(image, tmp_path):
         wait_for(b_sock.is_socket, what="the new daemon's API socket")
         server.delay_s = 0
         assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 204
         if "resend unsupported" in b.output():
             pytest.skip("this kernel has no FUSE_NOTIFY_RESEND (Linux 6.9+): the killed "
                         "daemon's read cannot be re-driven")
         assert "re-drive: resend" in b.output()
-        assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 204
         t.join(15)
         assert out.get("data") == (src / "data/exactly-64k.bin").read_bytes(), out
     finally:
+        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
         for d in (b, a):
             if d is not None:
                 d.stop()
-        sup.stop()
         server.stop()
 
 
@@ -214,10 +214,10 @@ def test_takeover_refuses_another_image_and_leaves_the_mount(image, tmp_path):
         assert rc == 0 and fstype_at(mnt) == "fuse"  # INIT: it never touched the mount
         assert (mnt / "etc/hostname").exists() == (src / "etc/hostname").exists()
     finally:
+        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
         for d in (b, a):
             if d is not None:
                 d.stop()
-        sup.stop()
 
 
 def test_handover_needs_a_supervisor(image, tmp_path):
@@ -240,3 +240,229 @@ def test_handover_needs_a_supervisor(image, tmp_path):
         assert os.path.ismount(mnt)
     finally:
         a.stop()
+
+
+def start_old(img: Path, tmp_path: Path, sup: Path, *extra: str) -> tuple[Daemon, Path, Path]:
+    """A serving daemon with an API socket, after sendfd."""
+    mnt, sock = tmp_path / "mnt", tmp_path / "a.sock"
+    mnt.mkdir(exist_ok=True)
+    a = Daemon(argv(img, mnt, sock, sup, "--backend", str(img / "blobs"), *extra), mnt)
+    wait_for(sock.is_socket, what="the API socket")
+    assert api_call(sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
+    return a, mnt, sock
+
+
+def take_over(b_sock: Path) -> None:
+    assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
+    assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 204
+    wait_for(lambda: state(b_sock) == "RUNNING", what="RUNNING")
+
+
+@pytest.mark.timeout(120)
+def test_a_taken_over_daemon_hands_over_again(image, tmp_path):
+    """sendfd from a daemon that took over (even before it starts serving) gives the supervisor
+    the kernel connection, so a crash of that daemon is survived too."""
+    require_fuse()
+    img, src = image
+    sup = Supervisor(tmp_path)
+    a, mnt, _ = start_old(img, tmp_path, sup.path)
+    daemons = [a]
+    try:
+        a.proc.kill()
+        a.proc.wait()
+        b_sock = tmp_path / "b.sock"
+        b = Daemon(argv(img, mnt, b_sock, sup.path, "--backend", str(img / "blobs"), "--upgrade"),
+                   mnt, wait=False)
+        daemons.append(b)
+        wait_for(b_sock.is_socket, what="the API socket")
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204  # READY
+        assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 204
+        assert (mnt / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+        b.proc.kill()
+        b.proc.wait()
+        c_sock = tmp_path / "c.sock"
+        c = Daemon(argv(img, mnt, c_sock, sup.path, "--backend", str(img / "blobs"), "--upgrade"),
+                   mnt, wait=False)
+        daemons.append(c)
+        wait_for(c_sock.is_socket, what="the API socket")
+        take_over(c_sock)
+        assert (mnt / "data/dup-a.bin").read_bytes() == (src / "data/dup-a.bin").read_bytes()
+    finally:
+        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
+        for d in reversed(daemons):
+            d.stop()
+
+
+@pytest.mark.timeout(120)
+def test_exit_finishes_the_reads_it_took_before_it_goes(image, tmp_path):
+    """A read the old daemon is serving (slow backend) when `exit` comes is finished by the old
+    daemon before exit returns, and the rest waits for the new one: no re-drive is needed
+    (kernels before 6.9 have none)."""
+    require_fuse()
+    img, src = image
+    server = FaultServer(img / "blobs", delay_s=1.5)
+    sup = Supervisor(tmp_path)
+    url = f"http://127.0.0.1:{server.port}/repo"
+    extra = ("--backend", url, "--cache-dir", str(tmp_path / "cache"))
+    mnt, a_sock, b_sock = tmp_path / "mnt", tmp_path / "a.sock", tmp_path / "b.sock"
+    mnt.mkdir()
+    a = Daemon(argv(img, mnt, a_sock, sup.path, *extra), mnt)
+    b = None
+    try:
+        wait_for(a_sock.is_socket, what="the API socket")
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
+        # no re-drive: what the old daemon took it answers, what it did not take waits
+        b = Daemon(argv(img, mnt, b_sock, sup.path, *extra, "--upgrade", "--failover-policy",
+                        "none"), mnt, wait=False)  # (no fork while a read waits on the mount)
+        wait_for(b_sock.is_socket, what="the API socket")
+        t, out = reader(mnt / "data/exactly-64k.bin")
+        time.sleep(0.5)  # the old daemon waits for the server
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/exit")[0] == 204
+        assert "FUSE session ended" in a.output()  # exit answers once reading has stopped
+        assert a.proc.wait(timeout=10) == 0 and fstype_at(mnt) == "fuse"
+        server.delay_s = 0
+        take_over(b_sock)
+        t.join(10)
+        assert out.get("data") == (src / "data/exactly-64k.bin").read_bytes(), out
+        assert (mnt / "data/dup-b.bin").read_bytes() == (src / "data/dup-b.bin").read_bytes()
+    finally:
+        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
+        for d in (b, a):
+            if d is not None:
+                d.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_stale_record_is_refused_and_the_live_mount_kept(image, tmp_path):
+    """The supervisor still holds the fd of a daemon that was stopped (SIGTERM unmounts and,
+    since a supervisor holds the connection, aborts it): reads through the overlay fail at once
+    instead of hanging. A fresh daemon mounts; a takeover of the stale record is refused, and
+    the refused daemon's stop leaves the fresh mount alone."""
+    require_fuse()
+    img, src = image
+    sup = Supervisor(tmp_path)
+    a, mnt, _ = start_old(img, tmp_path, sup.path)
+    daemons = [a]
+    merged = overlay(mnt, tmp_path)
+    try:
+        assert (merged / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+        rc, secs = a.terminate()
+        assert rc == 0 and fstype_at(mnt) is None
+        t, out = reader(merged / "data/random-300k.bin")
+        t.join(5)
+        assert not t.is_alive() and isinstance(out.get("error"), OSError), out
+        subprocess.run(["umount", str(merged)], check=True)
+        merged = None
+        b = Daemon(argv(img, mnt, tmp_path / "b.sock", sup.path, "--backend", str(img / "blobs")),
+                   mnt)
+        daemons.append(b)
+        c_sock = tmp_path / "c.sock"
+        c = Daemon(argv(img, mnt, c_sock, sup.path, "--backend", str(img / "blobs"), "--upgrade"),
+                   mnt, wait=False)
+        daemons.append(c)
+        wait_for(c_sock.is_socket, what="the API socket")
+        code, body = api_call(c_sock, "PUT", "/api/v1/daemon/fuse/takeover")
+        assert code == 500 and b"stale record" in body, body
+        assert c.terminate()[0] == 0
+        assert fstype_at(mnt) == "fuse"
+        assert (mnt / "data/dup-a.bin").read_bytes() == (src / "data/dup-a.bin").read_bytes()
+    finally:
+        if merged is not None:
+            subprocess.run(["umount", "-l", str(merged)], check=False)
+        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
+        for d in reversed(daemons):
+            d.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_restart_waits_for_a_takeover_while_the_supervisor_holds_the_mount(image, tmp_path):
+    """A daemon killed after sendfd, restarted with the same command line (no --upgrade): the
+    mount does not answer but a supervisor listens, so it waits in INIT for a takeover, as
+    nydusd does, instead of failing."""
+    require_fuse()
+    img, src = image
+    sup = Supervisor(tmp_path)
+    a, mnt, sock = start_old(img, tmp_path, sup.path)
+    daemons = [a]
+    try:
+        a.proc.kill()
+        a.proc.wait()
+        sock.unlink()
+        again = Daemon(a.proc.args, mnt, wait=False)
+        daemons.append(again)
+        wait_for(sock.is_socket, what="the API socket")
+        assert state(sock) == "INIT" and "waiting for a takeover" in again.output()
+        take_over(sock)
+        assert (mnt / "data/dup-b.bin").read_bytes() == (src / "data/dup-b.bin").read_bytes()
+    finally:
+        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
+        for d in reversed(daemons):
+            d.stop()
+
+
+def test_exit_without_a_supervisor_copy_is_refused(image, tmp_path):
+    """`exit` keeps the mount for a next daemon; when no supervisor holds the connection that
+    would strand it (ENOTCONN for every reader): 400, and the daemon serves on."""
+    require_fuse()
+    img, src = image
+    mnt, sock = tmp_path / "mnt", tmp_path / "a.sock"
+    mnt.mkdir()
+    a = Daemon(argv(img, mnt, sock, tmp_path / "nobody.sock", "--backend", str(img / "blobs")),
+               mnt)
+    try:
+        wait_for(sock.is_socket, what="the API socket")
+        code, body = api_call(sock, "PUT", "/api/v1/daemon/exit")
+        assert code == 400 and b"sendfd first" in body, body
+        assert (mnt / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+        assert a.proc.poll() is None
+    finally:
+        a.stop()
+
+
+class FakeSupervisor:
+    """Hands one connecting daemon the given record and fd (a hostile or confused supervisor)."""
+
+    def __init__(self, path: Path, record: bytes, fd: int) -> None:
+        import array
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen()
+
+        def serve() -> None:
+            conn, _ = self.sock.accept()
+            conn.sendmsg([record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            conn.close()
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+
+
+@pytest.mark.parametrize("case", ["not-fuse", "bad-conn-id", "garbage"])
+def test_a_hostile_supervisor_gets_a_clear_refusal(image, tmp_path, case):
+    require_fuse()
+    img, _src = image
+    mnt, sock, sup = tmp_path / "mnt", tmp_path / "b.sock", tmp_path / "sup.sock"
+    mnt.mkdir()
+    record = {"magic": "pynydusd-handover", "version": 1, "mountpoint": str(mnt),
+              "bootstrap": str(img / "bootstrap"), "conn_id": "x"}
+    fd = os.open("/dev/null", os.O_RDONLY)
+    if case == "bad-conn-id":
+        fd = os.open("/dev/fuse", os.O_RDWR)  # a real /dev/fuse fd, connected to nothing
+    data = b"\xff" * 100 if case == "garbage" else json.dumps(record).encode()
+    FakeSupervisor(sup, data, fd)
+    b = Daemon(argv(img, mnt, sock, sup, "--backend", str(img / "blobs"), "--upgrade"), mnt,
+               wait=False)
+    try:
+        wait_for(sock.is_socket, what="the API socket")
+        code, body = api_call(sock, "PUT", "/api/v1/daemon/fuse/takeover")
+        want = {"not-fuse": b"not /dev/fuse", "bad-conn-id": b"gone",
+                "garbage": b"no pynydusd record"}[case]
+        assert code == 500 and want in body, body
+        assert state(sock) == "INIT" and "Traceback" not in b.output()
+        assert b.terminate()[0] == 0 and fstype_at(mnt) is None
+    finally:
+        os.close(fd)
+        b.stop()
