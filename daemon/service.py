@@ -59,7 +59,6 @@ class Daemon:
             lazy_unmount,
             mount_conn_id,
             raise_nofile,
-            socket_alive,
         )
         from .storage import BlobStore
 
@@ -74,9 +73,10 @@ class Daemon:
             try:
                 clear_stale_mount(mountpoint, args.apisock)
             except MountNotAnswering:
-                # a connection nobody serves while a supervisor listens: its fd is kept there
-                # for a takeover (nydusd-contract 6.5/6.6), so wait for one instead of failing
-                if not (args.supervisor and args.apisock and socket_alive(args.supervisor)):
+                # a connection nobody serves while a supervisor's socket is there: its fd is kept
+                # for a takeover (nydusd-contract 6.5/6.6), so wait for one instead of failing.
+                # (No test connection: a supervisor could take it for a daemon's.)
+                if not (args.supervisor and args.apisock and _is_socket(args.supervisor)):
                     raise
                 log.warning("%s holds a FUSE connection nobody serves and the supervisor %s "
                             "listens: waiting for a takeover", mountpoint, args.supervisor)
@@ -409,6 +409,15 @@ class Daemon:
             self.api.stop()
         if self.store is not None:
             self.store.close()
+
+
+def _is_socket(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _version() -> str:
