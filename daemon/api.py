@@ -78,6 +78,7 @@ class ApiState:
 MAX_BODY = 64 << 10  # the largest request body the API takes (a log level, a config)
 MAX_CLIENTS = 32  # connections served at once; more are answered 503 and closed
 IDLE_S = 10.0  # a connection that sends nothing for this long is closed
+_NO_BODY = object()  # _json_body: the request was answered already
 CONTROLS = {"/api/v1/daemon/fuse/sendfd": "sendfd", "/api/v1/daemon/fuse/takeover": "takeover",
             "/api/v1/daemon/start": "start", "/api/v1/daemon/exit": "exit"}
 UNSUPPORTED = ("/api/v1/mount", "/api/v1/daemon/backend",
@@ -230,14 +231,21 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(n)
 
-    def _put_daemon(self) -> None:
+    def _json_body(self) -> object:
+        """The request body parsed as JSON, or _NO_BODY after answering 400."""
         body = self._body()
         if body is None:
-            return
+            return _NO_BODY
         try:
-            request = json.loads(body)
+            return json.loads(body)
         except (ValueError, RecursionError) as e:
-            return self._error(400, f"unparsable body: {e}")
+            self._error(400, f"unparsable body: {e}")
+            return _NO_BODY
+
+    def _put_daemon(self) -> None:
+        request = self._json_body()
+        if request is _NO_BODY:
+            return
         if not isinstance(request, dict) or "log_level" not in request:
             return self._error(400, "body must be {\"log_level\": \"<level>\"}")
         level = request["log_level"]
@@ -253,13 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Hot-reload the registry credentials: {"registry_auth": "<base64 of user:password>"}."""
         from .storage_errors import BackendError
 
-        body = self._body()
-        if body is None:
+        request = self._json_body()
+        if request is _NO_BODY:
             return
-        try:
-            request = json.loads(body)
-        except (ValueError, RecursionError) as e:
-            return self._error(400, f"unparsable body: {e}")
         if not isinstance(request, dict) or not all(isinstance(v, str) for v in request.values()):
             return self._error(400, "body must be a JSON object of strings")
         unknown = sorted(set(request) - {"registry_auth"})

@@ -19,6 +19,17 @@ def nydus_fixtures() -> Path:
     return SHARED_FIXTURES
 
 
+@pytest.fixture(scope="session")
+def sample_v6(tmp_path_factory) -> tuple[Path, Path]:
+    """(image dir with bootstrap and blobs/, source dir): the sample tree as RAFS v6."""
+    from tests.treeutil import build_image, make_source
+
+    tmp = tmp_path_factory.mktemp("sample-v6")
+    src = make_source(tmp)
+    build_image(src, tmp)
+    return tmp, src
+
+
 def need_root(reason: str = "needs root") -> None:
     if os.geteuid() != 0:
         pytest.skip(reason)

@@ -19,6 +19,13 @@ def make_source(tmp: Path) -> Path:
     return src
 
 
+def build_image(src: Path, out: Path, *options: str) -> None:
+    """pynydus-image create of `src` into out/bootstrap and out/blobs (64 KiB chunks)."""
+    subprocess.run([str(Path(sys.executable).parent / "pynydus-image"), "create", "--chunk-size",
+                    "0x10000", *options, "--blob-dir", str(out / "blobs"), "--bootstrap",
+                    str(out / "bootstrap"), str(src)], check=True, capture_output=True)
+
+
 def source_manifest(src: Path) -> dict[bytes, tuple]:
     """What the kernel says about the source tree: path -> attributes, xattrs, content digest."""
     out = {}

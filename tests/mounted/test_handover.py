@@ -16,20 +16,14 @@ import pytest
 
 from tests.faultserver import FaultServer
 from tests.mountutil import PYNYDUSD, Daemon, api_call, fstype_at, require_fuse, wait_for
-from tests.treeutil import make_source, source_manifest
+from tests.treeutil import source_manifest
 
-IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
 SUPERVISOR = Path(sys.executable).parent / "pynydusd-supervisor"
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("handover")
-    src = make_source(tmp)
-    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x10000", "--blob-dir",
-                    str(tmp / "blobs"), "--bootstrap", str(tmp / "bootstrap"), str(src)],
-                   check=True, capture_output=True)
-    return tmp, src
+@pytest.fixture
+def image(sample_v6) -> tuple[Path, Path]:
+    return sample_v6
 
 
 class Supervisor:
@@ -51,6 +45,15 @@ class Supervisor:
 def argv(image: Path, mnt: Path, sock: Path, sup: Path, *extra: str) -> list[str]:
     return [str(PYNYDUSD), "--bootstrap", str(image / "bootstrap"), "--apisock", str(sock),
             "--id", "test", "--supervisor", str(sup), "--no-prefetch", *extra, str(mnt)]
+
+
+def new_daemon(img: Path, mnt: Path, sock: Path, sup: Path, *extra: str) -> Daemon:
+    """A daemon started with --upgrade (local blobs unless `extra` names a backend), once its API
+    socket is up: state INIT."""
+    backend = () if "--backend" in extra else ("--backend", str(img / "blobs"))
+    d = Daemon(argv(img, mnt, sock, sup, *backend, *extra, "--upgrade"), mnt, wait=False)
+    wait_for(sock.is_socket, what="the new daemon's API socket")
+    return d
 
 
 def state(sock: Path) -> str:
@@ -101,9 +104,7 @@ def test_a_new_daemon_takes_over_the_mount(image, tmp_path, how):
         assert (merged / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
         wait_for(a_sock.is_socket, what="the API socket")
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
-        b = Daemon(argv(img, mnt, b_sock, sup.path, "--backend", str(img / "blobs"), "--upgrade"),
-                   mnt, wait=False)
-        wait_for(b_sock.is_socket, what="the new daemon's API socket")
+        b = new_daemon(img, mnt, b_sock, sup.path)
         assert state(b_sock) == "INIT"
         assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 400  # nothing taken over
         assert api_call(b_sock, "GET", "/api/v1/metrics")[0] == 503
@@ -162,7 +163,7 @@ def test_failover_redrives_the_read_the_killed_daemon_held(image, tmp_path):
     try:
         wait_for(a_sock.is_socket, what="the API socket")
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
-        b = Daemon(argv(img, mnt, b_sock, sup.path, *extra, "--upgrade"), mnt, wait=False)
+        b = new_daemon(img, mnt, b_sock, sup.path, *extra)
         t, out = reader(mnt / "data/exactly-64k.bin")
         time.sleep(0.5)  # the old daemon has asked the server, which answers after 1 s
         assert t.is_alive() and not server.served
@@ -203,9 +204,7 @@ def test_takeover_refuses_another_image_and_leaves_the_mount(image, tmp_path):
     try:
         wait_for(a_sock.is_socket, what="the API socket")
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
-        b = Daemon(argv(other, mnt, b_sock, sup.path, "--backend", str(img / "blobs"),
-                        "--upgrade"), mnt, wait=False)
-        wait_for(b_sock.is_socket, what="the new daemon's API socket")
+        b = new_daemon(other, mnt, b_sock, sup.path, "--backend", str(img / "blobs"))
         code, body = api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")
         assert code == 500 and b"not '" + str(other / "bootstrap").encode() in body, body
         assert state(b_sock) == "INIT"
@@ -271,10 +270,8 @@ def test_a_taken_over_daemon_hands_over_again(image, tmp_path):
         a.proc.kill()
         a.proc.wait()
         b_sock = tmp_path / "b.sock"
-        b = Daemon(argv(img, mnt, b_sock, sup.path, "--backend", str(img / "blobs"), "--upgrade"),
-                   mnt, wait=False)
+        b = new_daemon(img, mnt, b_sock, sup.path)
         daemons.append(b)
-        wait_for(b_sock.is_socket, what="the API socket")
         assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
         assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204  # READY
         assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 204
@@ -282,10 +279,8 @@ def test_a_taken_over_daemon_hands_over_again(image, tmp_path):
         b.proc.kill()
         b.proc.wait()
         c_sock = tmp_path / "c.sock"
-        c = Daemon(argv(img, mnt, c_sock, sup.path, "--backend", str(img / "blobs"), "--upgrade"),
-                   mnt, wait=False)
+        c = new_daemon(img, mnt, c_sock, sup.path)
         daemons.append(c)
-        wait_for(c_sock.is_socket, what="the API socket")
         take_over(c_sock)
         assert (mnt / "data/dup-a.bin").read_bytes() == (src / "data/dup-a.bin").read_bytes()
     finally:
@@ -313,9 +308,8 @@ def test_exit_finishes_the_reads_it_took_before_it_goes(image, tmp_path):
         wait_for(a_sock.is_socket, what="the API socket")
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
         # no re-drive: what the old daemon took it answers, what it did not take waits
-        b = Daemon(argv(img, mnt, b_sock, sup.path, *extra, "--upgrade", "--failover-policy",
-                        "none"), mnt, wait=False)  # (no fork while a read waits on the mount)
-        wait_for(b_sock.is_socket, what="the API socket")
+        # (started now: no fork while a read waits on the mount)
+        b = new_daemon(img, mnt, b_sock, sup.path, *extra, "--failover-policy", "none")
         t, out = reader(mnt / "data/exactly-64k.bin")
         time.sleep(0.5)  # the old daemon waits for the server
         assert api_call(a_sock, "PUT", "/api/v1/daemon/exit")[0] == 204
@@ -359,10 +353,8 @@ def test_a_stale_record_is_refused_and_the_live_mount_kept(image, tmp_path):
                    mnt)
         daemons.append(b)
         c_sock = tmp_path / "c.sock"
-        c = Daemon(argv(img, mnt, c_sock, sup.path, "--backend", str(img / "blobs"), "--upgrade"),
-                   mnt, wait=False)
+        c = new_daemon(img, mnt, c_sock, sup.path)
         daemons.append(c)
-        wait_for(c_sock.is_socket, what="the API socket")
         code, body = api_call(c_sock, "PUT", "/api/v1/daemon/fuse/takeover")
         assert code == 500 and b"stale record" in body, body
         assert c.terminate()[0] == 0
@@ -453,10 +445,8 @@ def test_a_hostile_supervisor_gets_a_clear_refusal(image, tmp_path, case):
         fd = os.open("/dev/fuse", os.O_RDWR)  # a real /dev/fuse fd, connected to nothing
     data = b"\xff" * 100 if case == "garbage" else json.dumps(record).encode()
     FakeSupervisor(sup, data, fd)
-    b = Daemon(argv(img, mnt, sock, sup, "--backend", str(img / "blobs"), "--upgrade"), mnt,
-               wait=False)
+    b = new_daemon(img, mnt, sock, sup)
     try:
-        wait_for(sock.is_socket, what="the API socket")
         code, body = api_call(sock, "PUT", "/api/v1/daemon/fuse/takeover")
         want = {"not-fuse": b"not /dev/fuse", "bad-conn-id": b"gone",
                 "garbage": b"no pynydusd record"}[case]

@@ -8,28 +8,20 @@ import errno
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.mountutil import PYNYDUSD, Daemon, api_call, require_fuse, wait_for
 from tests.servers import Registry
-from tests.treeutil import make_source
 
-IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
 GOOD = base64.b64encode(b"alice:s3cret").decode()
 WRONG = base64.b64encode(b"alice:nope").decode()
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("auth-reload")
-    src = make_source(tmp)
-    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x10000", "--blob-dir",
-                    str(tmp / "blobs"), "--bootstrap", str(tmp / "bootstrap"), str(src)],
-                   check=True, capture_output=True)
-    return tmp, src
+@pytest.fixture
+def image(sample_v6) -> tuple[Path, Path]:
+    return sample_v6
 
 
 def config(tmp_path: Path, port: int, auth: str | None) -> Path:
