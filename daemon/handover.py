@@ -33,6 +33,7 @@ VERSION = 1
 MAX_STATE = 32 << 10  # the record's size limit (it is a few hundred bytes)
 TIMEOUT_S = 5.0  # for the whole exchange with the supervisor
 FUSE_DEV = os.makedev(10, 229)  # /dev/fuse
+RECEIVER_HELLO = b"\0"  # a record never starts with it
 
 FUSE_INIT = 26
 FUSE_NOTIFY_RESEND = 7
@@ -105,6 +106,10 @@ def receive_fd(supervisor: str) -> tuple[dict, int]:
     deadline = time.monotonic() + TIMEOUT_S
     s = _connect(supervisor)
     fds: list[int] = []
+    try:  # "I am receiving": pynydusd-supervisor answers at once instead of waiting to see
+        s.sendall(RECEIVER_HELLO)  # whether we send (a supervisor that never reads ignores it)
+    except OSError:
+        pass
 
     def wait() -> None:
         left = deadline - time.monotonic()
@@ -122,7 +127,10 @@ def receive_fd(supervisor: str) -> tuple[dict, int]:
             os.set_inheritable(fd, False)
         while data and len(data) <= MAX_STATE:
             wait()
-            more = s.recv(MAX_STATE)
+            try:
+                more = s.recv(MAX_STATE)
+            except ConnectionResetError:  # it closed without reading our hello: the end too
+                break
             if not more:
                 break
             data += more

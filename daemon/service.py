@@ -146,6 +146,8 @@ class Daemon:
         state.state = "INIT"
         self.api = ApiServer(os.path.abspath(args.apisock), state)
         self.api.start()
+        import pyfuse3  # noqa: F401 - now, not during the takeover: reads wait for it
+        import trio  # noqa: F401
         log.info("waiting for a takeover from the supervisor %s", args.supervisor)
         while True:
             self._go.wait(0.1)

@@ -2,8 +2,9 @@
 
 It plays nydus-snapshotter's part where no snapshotter runs. A daemon that connects and writes
 (API `sendfd`) leaves its record and `/dev/fuse` fd here; holding a copy of that fd keeps the
-mount's connection alive even if the daemon dies. A daemon that connects and waits (API
-`takeover`, started with `--upgrade`) is sent the latest record and fd. Hot upgrade:
+mount's connection alive even if the daemon dies. A daemon that connects to receive (API
+`takeover`, started with `--upgrade`; it writes one zero byte, or nothing) is sent the latest
+record and fd. Hot upgrade:
 
     curl --unix-socket OLD.sock -X PUT http://_/api/v1/daemon/fuse/sendfd
     nydusd --upgrade --apisock NEW.sock --supervisor SOCK ...   # same mountpoint and bootstrap
@@ -23,11 +24,11 @@ import signal
 import socket
 import sys
 
-from .handover import MAX_STATE
+from .handover import MAX_STATE, RECEIVER_HELLO
 
 log = logging.getLogger("pynydusd-supervisor")
 
-WRITE_WAIT_S = 0.5  # a sender writes at once; a receiver writes nothing
+WRITE_WAIT_S = 0.5  # a sender writes at once; a receiver writes RECEIVER_HELLO, or nothing
 
 
 class Supervisor:
@@ -54,10 +55,13 @@ class Supervisor:
         conn, _ = self.sock.accept()
         with conn:
             conn.settimeout(5.0)
-            if select.select([conn], [], [], WRITE_WAIT_S)[0]:
-                self._store(conn)
-            else:
+            if not select.select([conn], [], [], WRITE_WAIT_S)[0]:
+                self._give(conn)  # a receiver that says nothing
+            elif conn.recv(1, socket.MSG_PEEK) == RECEIVER_HELLO:
+                conn.recv(1)  # read: a close with unread bytes would be a reset for the daemon
                 self._give(conn)
+            else:
+                self._store(conn)
 
     def _store(self, conn: socket.socket) -> None:
         data, anc, _flags, _addr = conn.recvmsg(MAX_STATE, socket.CMSG_SPACE(16 * 4))

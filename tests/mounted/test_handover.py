@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -456,3 +457,83 @@ def test_a_hostile_supervisor_gets_a_clear_refusal(image, tmp_path, case):
     finally:
         os.close(fd)
         b.stop()
+
+
+class ScriptedSupervisor:
+    """A supervisor that, like nydus-snapshotter's, knows which call comes next: `store()`
+    takes the next connection's record and fd, `give()` sends them to the next connection and
+    closes without reading anything."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        self.record, self.fds = b"", []
+
+    def _one(self, fn) -> threading.Thread:
+        t = threading.Thread(target=fn, daemon=True)
+        t.start()
+        return t
+
+    def store(self) -> threading.Thread:
+        import socket
+
+        def run() -> None:
+            conn, _ = self.sock.accept()
+            data, anc, _, _ = conn.recvmsg(32768, socket.CMSG_SPACE(4 * 4))
+            while more := conn.recv(32768):
+                data += more
+            self.record = data
+            self.fds = [fd for _, _, d in anc for fd in struct.unpack(f"{len(d) // 4}i", d)]
+            conn.close()
+        return self._one(run)
+
+    def give(self) -> threading.Thread:
+        import array
+        import socket
+
+        def run() -> None:
+            conn, _ = self.sock.accept()
+            conn.sendmsg([self.record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array("i", self.fds))])
+            time.sleep(0.2)  # the daemon's hello has surely arrived: the close resets
+            conn.close()
+        return self._one(run)
+
+    def close(self) -> None:
+        self.sock.close()
+        for fd in self.fds:
+            os.close(fd)
+
+
+@pytest.mark.timeout(120)
+def test_hot_upgrade_through_a_supervisor_that_never_reads(image, tmp_path):
+    """The supervisor side as nydus-snapshotter plays it: it is told what comes next, and when
+    it gives the fd it reads nothing (the daemon's one-byte hello is left unread, which makes
+    the daemon's last read a connection reset): the takeover still succeeds."""
+    require_fuse()
+    img, src = image
+    sup = ScriptedSupervisor(tmp_path / "sup.sock")
+    mnt, a_sock, b_sock = tmp_path / "mnt", tmp_path / "a.sock", tmp_path / "b.sock"
+    mnt.mkdir()
+    a = Daemon(argv(img, mnt, a_sock, sup.path, "--backend", str(img / "blobs")), mnt)
+    b = None
+    try:
+        wait_for(a_sock.is_socket, what="the API socket")
+        t = sup.store()
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
+        t.join(5)
+        assert len(sup.fds) == 1 and json.loads(sup.record)["mountpoint"] == str(mnt)
+        b = new_daemon(img, mnt, b_sock, sup.path)
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/exit")[0] == 204
+        sup.give()
+        take_over(b_sock)
+        assert (mnt / "data/dup-b.bin").read_bytes() == (src / "data/dup-b.bin").read_bytes()
+    finally:
+        sup.close()
+        for d in (b, a):
+            if d is not None:
+                d.stop()
