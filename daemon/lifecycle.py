@@ -34,6 +34,15 @@ def mounted_fstype(real: str) -> str | None:
     return found
 
 
+def canonical_mountpoint(path: str) -> str:
+    """`path` made absolute and canonical, without a lookup through a mount already there: a
+    FUSE mount nobody serves would block it. Its parent is resolved; when that path is a mount
+    point it is canonical already (mount points are kept resolved), else it is resolved in full."""
+    parent, name = os.path.split(os.path.abspath(path))
+    candidate = os.path.join(os.path.realpath(parent), name) if name else os.path.realpath(parent)
+    return candidate if mounted_fstype(candidate) is not None else os.path.realpath(candidate)
+
+
 def mount_conn_id(real: str) -> int | None:
     """The device of the topmost mount at the canonical path `real` as a FUSE connection id
     (major << 20 | minor), from /proc/self/mountinfo: no request goes to the filesystem. None

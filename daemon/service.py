@@ -54,10 +54,12 @@ class Daemon:
 
         from .lifecycle import (
             MountNotAnswering,
+            canonical_mountpoint,
             clear_stale_mount,
             kernel_mount,
             lazy_unmount,
             mount_conn_id,
+            mounted_fstype,
             raise_nofile,
         )
         from .storage import BlobStore
@@ -68,7 +70,7 @@ class Daemon:
         self.signalled = self.signalled or bool(self.early)  # never undo one that just came
         raise_nofile(getattr(args, "rlimit_nofile", 0))
         _tame_malloc()
-        mountpoint = self.mountpoint = os.path.realpath(args.mountpoint)
+        mountpoint = self.mountpoint = canonical_mountpoint(args.mountpoint)
         if not getattr(args, "upgrade", False):
             try:
                 clear_stale_mount(mountpoint, args.apisock)
@@ -81,7 +83,7 @@ class Daemon:
                 log.warning("%s holds a FUSE connection nobody serves and the supervisor %s "
                             "listens: waiting for a takeover", mountpoint, args.supervisor)
                 args.upgrade = True
-        if not os.path.isdir(mountpoint):
+        if mounted_fstype(mountpoint) is None and not os.path.isdir(mountpoint):
             raise RuntimeError(f"mountpoint {args.mountpoint} is not a directory")
         log.info("pynydusd %s (nydusd-compatible) starting, pid %d", _version(), os.getpid())
         image = self.image = rafs.open_image(args.bootstrap)
@@ -250,6 +252,10 @@ class Daemon:
         daemon serves on; the connection now outlives this process)."""
         from . import handover
 
+        deadline = time.monotonic() + 2.0  # INIT takes milliseconds after the mount
+        while (self.adoption is None and self.ops is not None and not self.ops.initialized
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
         with self._lock:
             if self.phase not in ("RUNNING", "READY", "STARTING") or self.kernel_fd is None:
                 raise StateError(f"sendfd needs a FUSE session, and the state is {self.phase}")

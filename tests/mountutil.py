@@ -25,8 +25,10 @@ def require_fuse() -> None:
 
 
 def mount_at(path: str | Path) -> tuple[str, str] | None:
-    """(mount id, fstype) of the topmost mount at `path`, or None."""
-    real = os.path.realpath(path)
+    """(mount id, fstype) of the topmost mount at `path`, or None. Only the parent is resolved:
+    a lookup through a FUSE mount nobody serves would block."""
+    parent, name = os.path.split(os.path.abspath(path))
+    real = os.path.join(os.path.realpath(parent), name)
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -112,7 +114,7 @@ class Daemon:
             from daemon.lifecycle import lazy_unmount  # inherited fd of an unserved mount
 
             try:
-                lazy_unmount(os.path.realpath(self.mountpoint), force=True)
+                lazy_unmount(str(self.mountpoint), force=True)
             except OSError:
                 pass
         self.log.close()
