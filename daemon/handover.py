@@ -47,12 +47,6 @@ class HandoverError(Exception):
     """The supervisor cannot be reached or sent something that is not a pynydusd record."""
 
 
-def identity(path: str) -> list[int]:
-    """What tells one bootstrap file from another: device, inode, size, mtime."""
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-
-
 def connection_id(mountpoint: str) -> int:
     """The FUSE connection id of the mount at `mountpoint` (its /sys/fs/fuse/connections name)."""
     dev = os.stat(mountpoint).st_dev
@@ -69,10 +63,12 @@ def libfuse_version() -> int:
         return 0
 
 
-def make_state(mountpoint: str, bootstrap: str, conn_id: int) -> dict:
-    """The record a new daemon checks before it serves the connection."""
+def make_state(mountpoint: str, bootstrap: str, bootstrap_id: list[int] | None,
+               conn_id: int) -> dict:
+    """The record a new daemon checks before it serves the connection. `bootstrap_id` is the
+    identity of the file the daemon opened (rafs Image.file_id), not of what the path names now."""
     return {"magic": MAGIC, "version": VERSION, "mountpoint": mountpoint,
-            "bootstrap": os.path.realpath(bootstrap), "bootstrap_id": identity(bootstrap),
+            "bootstrap": os.path.realpath(bootstrap), "bootstrap_id": bootstrap_id,
             "conn_id": conn_id, "libfuse": libfuse_version(), "pid": os.getpid()}
 
 
@@ -160,11 +156,13 @@ def receive_fd(supervisor: str) -> tuple[dict, int]:
 
 
 def check_state(state: dict, fd: int, mountpoint: str, mounted: int | None,
-                bootstrap: str) -> int:
+                bootstrap: str, bootstrap_id: list[int] | None, sender_gone: bool = False) -> int:
     """Refuse what this daemon must not serve; return the connection id. The fd must be a
     live /dev/fuse connection, the very one mounted at `mountpoint` now (`mounted`: its id
     from mountinfo), for the same bootstrap (else inode numbers would name other files) and
-    the same libfuse (which settled the request sizes with the kernel)."""
+    the same libfuse (which settled the request sizes with the kernel). `sender_gone`: refuse
+    while the daemon that sent the record still runs (a restart that found the mount unserved:
+    that daemon may only be stopped)."""
     st = os.fstat(fd)
     if not stat.S_ISCHR(st.st_mode) or st.st_rdev != FUSE_DEV:
         raise HandoverError("the supervisor's fd is not /dev/fuse")
@@ -183,15 +181,32 @@ def check_state(state: dict, fd: int, mountpoint: str, mounted: int | None,
         raise HandoverError(f"the record is for FUSE connection {conn_id}, but {mountpoint} holds "
                             f"{'nothing' if mounted is None else f'connection {mounted}'}: "
                             "a stale record")
-    if (state.get("bootstrap") != os.path.realpath(bootstrap)
-            or state.get("bootstrap_id") != identity(bootstrap)):
+    if (bootstrap_id is None or state.get("bootstrap") != os.path.realpath(bootstrap)
+            or state.get("bootstrap_id") != bootstrap_id):
         raise HandoverError(f"the supervisor's session serves the bootstrap "
                             f"{str(state.get('bootstrap'))[:200]!r} (as it was then), "
                             f"not {bootstrap!r}")
+    pid = state.get("pid")
+    if sender_gone and type(pid) is int and pid != os.getpid() and _is_pynydusd(pid):
+        raise HandoverError(f"the daemon that sent this record (pid {pid}) still runs: stop it "
+                            "(exit) or kill it first; two daemons must not serve one connection")
     if state.get("libfuse") != libfuse_version():
         raise HandoverError(f"the old daemon ran libfuse {state.get('libfuse')!r}, this one "
                             f"{libfuse_version()}: hand over between the same builds")
     return conn_id
+
+
+def _is_pynydusd(pid: int) -> bool:
+    """Whether process `pid` runs pynydusd (a zombie or another program does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[:1] == [b"Z"]:
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(b"pynydusd" in a or a.endswith(b"nydusd") or a == b"daemon.cli" for a in argv[:3])
 
 
 class Adoption:

@@ -91,6 +91,25 @@ def lazy_unmount(path: str, force: bool = False) -> bool:
     raise OSError(err, f"cannot unmount {path}: {os.strerror(err)}")
 
 
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def abort_connection(conn_id: int) -> bool:
+    """Abort FUSE connection `conn_id` through fusectl (mounted here if it is not): every
+    request waiting on it fails at once. False when that cannot be done."""
+    path = f"{FUSECTL}/{conn_id}/abort"
+    if not os.path.exists(path) and os.path.isdir(FUSECTL):
+        load_libc().mount(b"fusectl", FUSECTL.encode(), b"fusectl", 0, None)
+    if os.path.isdir(FUSECTL) and os.listdir(FUSECTL) and not os.path.exists(path):
+        return True  # fusectl lists live connections only: this one is gone already
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+        return True
+    except OSError:
+        return False
+
+
 def socket_alive(path: str) -> bool:
     """True when something accepts connections on the Unix socket `path`."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -41,6 +41,7 @@ class Daemon:
         self.conn_id: int | None = None  # the FUSE connection id of the mount
         self.adoption = None  # after a takeover
         self.handed = False  # sendfd done: a supervisor holds the connection too
+        self.restarted = False  # waiting for a takeover without --upgrade (an unserved mount)
         self.keep_mount = False  # `exit`: leave the mount for the next daemon
         self.trio_token = None
         self.nursery = None
@@ -82,7 +83,7 @@ class Daemon:
                     raise
                 log.warning("%s holds a FUSE connection nobody serves and the supervisor %s "
                             "listens: waiting for a takeover", mountpoint, args.supervisor)
-                args.upgrade = True
+                args.upgrade = self.restarted = True
         if mounted_fstype(mountpoint) is None and not os.path.isdir(mountpoint):
             raise RuntimeError(f"mountpoint {args.mountpoint} is not a directory")
         log.info("pynydusd %s (nydusd-compatible) starting, pid %d", _version(), os.getpid())
@@ -184,7 +185,8 @@ class Daemon:
             state, fd = handover.receive_fd(self.args.supervisor)
             try:
                 conn_id = handover.check_state(state, fd, self.mountpoint,
-                                               mount_conn_id(self.mountpoint), self.args.bootstrap)
+                                               mount_conn_id(self.mountpoint), self.args.bootstrap,
+                                               self.image.file_id, sender_gone=self.restarted)
                 self._adopt(fd)
             except BaseException:
                 os.close(fd)
@@ -263,9 +265,10 @@ class Daemon:
                 raise NotReady("the kernel has not finished FUSE INIT yet")
             if self.conn_id is None:
                 raise handover.HandoverError(f"no FUSE mount found at {self.mountpoint}")
-            state = handover.make_state(self.mountpoint, self.args.bootstrap, self.conn_id)
+            state = handover.make_state(self.mountpoint, self.args.bootstrap,
+                                        self.image.file_id, self.conn_id)
+            self.handed = True  # before: if the send fails half-way, the supervisor may have it
             handover.send_fd(self.args.supervisor, state, self.kernel_fd)
-            self.handed = True
         log.info("sent the FUSE fd of %s to the supervisor %s", self.mountpoint,
                  self.args.supervisor)
 
@@ -390,29 +393,38 @@ class Daemon:
 
     def _shutdown(self, mountpoint: str, session: bool = True) -> None:
         """Close the FUSE session and detach the mount (kept after `exit`: a new daemon serves
-        it), stop the API, close storage."""
+        it), stop the API, close storage. When a supervisor holds the connection too, it is
+        aborted: nobody would serve it."""
         import pyfuse3
 
-        from .lifecycle import lazy_unmount, mount_conn_id, mounted_fstype
+        from .lifecycle import abort_connection, lazy_unmount, mount_conn_id, mounted_fstype
 
-        self.phase = "STOPPED"
+        with self._lock:  # no sendfd from here on
+            self.phase = "STOPPED"
+            shared = self.handed or self.adoption is not None
+            kernel_fd, self.kernel_fd = self.kernel_fd, None
         if session:
             try:
                 pyfuse3.close(unmount=not self.keep_mount)
             except Exception as e:  # already detached (umount -lf) or connection aborted
                 log.debug("pyfuse3.close: %s", e)
-        if self.kernel_fd is not None:
-            os.close(self.kernel_fd)
-            self.kernel_fd = None
         if self.keep_mount:
             log.info("the mount at %s stays for the next daemon", mountpoint)
             self._answered.wait(2.0)  # let the API answer `exit` before the process goes
-        elif (mounted_fstype(mountpoint) or "").startswith("fuse") and (
-                self.conn_id is None or mount_conn_id(mountpoint) == self.conn_id):
-            try:  # after sendfd the supervisor keeps the connection open: abort it (MNT_FORCE)
-                lazy_unmount(mountpoint, force=self.handed or self.adoption is not None)
-            except OSError as e:
-                log.warning("%s", e)
+        else:
+            ours = (mounted_fstype(mountpoint) or "").startswith("fuse") and (
+                self.conn_id is None or mount_conn_id(mountpoint) == self.conn_id)
+            if ours:
+                try:
+                    lazy_unmount(mountpoint, force=shared)  # MNT_FORCE aborts the connection
+                except OSError as e:
+                    log.warning("%s", e)
+            elif shared and self.conn_id is not None and not abort_connection(self.conn_id):
+                # detached already, but alive at the supervisor (held open by an overlay, say)
+                log.warning("cannot abort FUSE connection %d: readers wait until the supervisor "
+                            "drops it", self.conn_id)
+        if kernel_fd is not None:  # last: while we hold it, conn_id names no other connection
+            os.close(kernel_fd)
         if self.api is not None:
             self.api.stop()
         if self.store is not None:

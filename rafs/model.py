@@ -156,6 +156,9 @@ class Image:
     inode_count: int  # unique inodes (for statfs)
     blobs: list[BlobInfo]
     prefetch: list[int]  # inode numbers from the prefetch table, in order
+    # the file read, as open_image found it: [st_dev, st_ino, st_size, st_mtime_ns] (None for
+    # images opened from bytes); a file later replaced at the same path is another file
+    file_id: list[int] | None = None
 
     @property
     def explicit_uid_gid(self) -> bool:

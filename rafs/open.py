@@ -18,7 +18,8 @@ def open_image(path: str | os.PathLike) -> Image:
     """Open a RAFS v5 bootstrap, a v6 bootstrap, or a v6 blob that carries its bootstrap (ToC)."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
+        size = st.st_size
         if size == 0:
             raise RafsError(f"{path}: empty file is not a RAFS image")
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -30,6 +31,7 @@ def open_image(path: str | os.PathLike) -> Image:
     if image is None:
         data.close()
         raise RafsError(f"{path}: not a RAFS image (no v5 magic, no v6 magic, no blob ToC)")
+    image.file_id = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
     return image
 
 

@@ -537,3 +537,87 @@ def test_hot_upgrade_through_a_supervisor_that_never_reads(image, tmp_path):
         for d in (b, a):
             if d is not None:
                 d.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_bootstrap_replaced_under_the_mount_is_not_taken_over(image, tmp_path):
+    """The record names the bootstrap file the old daemon opened, not what its path holds at
+    sendfd: a file renamed over that path (another image) makes the takeover fail."""
+    require_fuse()
+    img, _src = image
+    mine = tmp_path / "img"
+    mine.mkdir()
+    (mine / "bootstrap").write_bytes((img / "bootstrap").read_bytes())
+    (mine / "blobs").symlink_to(img / "blobs")
+    sup = Supervisor(tmp_path)
+    mnt, a_sock, b_sock = tmp_path / "mnt", tmp_path / "a.sock", tmp_path / "b.sock"
+    mnt.mkdir()
+    a = Daemon(argv(mine, mnt, a_sock, sup.path, "--backend", str(img / "blobs")), mnt)
+    b = None
+    try:
+        wait_for(a_sock.is_socket, what="the API socket")
+        new = tmp_path / "new-bootstrap"
+        new.write_bytes((img / "bootstrap").read_bytes())
+        os.rename(new, mine / "bootstrap")  # a re-pull renames the new file into place
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
+        b = new_daemon(mine, mnt, b_sock, sup.path, "--backend", str(img / "blobs"))
+        assert api_call(a_sock, "PUT", "/api/v1/daemon/exit")[0] == 204
+        code, body = api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")
+        assert code == 500 and b"bootstrap" in body, body
+    finally:
+        sup.stop()
+        for d in (b, a):
+            if d is not None:
+                d.stop()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_after_sendfd_aborts_a_mount_detached_already(image, tmp_path):
+    """`umount -l` of the mount (an overlay keeps its superblock), then SIGTERM of a daemon
+    whose connection the supervisor holds: the connection is aborted, so reads through the
+    overlay fail at once instead of waiting for the supervisor to let go."""
+    require_fuse()
+    img, src = image
+    sup = Supervisor(tmp_path)
+    a, mnt, _ = start_old(img, tmp_path, sup.path)
+    merged = overlay(mnt, tmp_path)
+    try:
+        assert (merged / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+        assert a.terminate()[0] == 0
+        t, out = reader(merged / "data/random-300k.bin")
+        t.join(5)
+        assert not t.is_alive() and isinstance(out.get("error"), OSError), out
+    finally:
+        subprocess.run(["umount", "-l", str(merged)], check=False)
+        sup.stop()
+        a.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_restart_does_not_take_over_from_a_stopped_daemon(image, tmp_path):
+    """The old daemon is stopped (SIGSTOP), not dead: a restart that finds the mount unserved
+    waits for a takeover, but refuses one whose sender still runs (two daemons would serve one
+    connection). The old daemon, continued, serves on."""
+    require_fuse()
+    img, src = image
+    sup = Supervisor(tmp_path)
+    a, mnt, sock = start_old(img, tmp_path, sup.path)
+    again = None
+    try:
+        a.proc.send_signal(signal.SIGSTOP)
+        sock2 = tmp_path / "again.sock"
+        args = [x if x != str(sock) else str(sock2) for x in a.proc.args]
+        again = Daemon(args, mnt, wait=False)
+        wait_for(sock2.is_socket, what="the API socket")
+        code, body = api_call(sock2, "PUT", "/api/v1/daemon/fuse/takeover")
+        assert code == 500 and b"still runs" in body, body
+        assert again.terminate()[0] == 0
+        a.proc.send_signal(signal.SIGCONT)
+        assert (mnt / "data/dup-a.bin").read_bytes() == (src / "data/dup-a.bin").read_bytes()
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+        sup.stop()
+        for d in (again, a):
+            if d is not None:
+                d.stop()
