@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import stat
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -101,7 +102,7 @@ class RafsOperations(pyfuse3.Operations):
                  on_init: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.on_init = on_init  # run at FUSE INIT, before any other request (see handover)
-        self.initialized = False
+        self.init_done = threading.Event()
         self.image = image
         self.store = store
         self.xattr_enabled = enable_xattr or bool(image.flags & 0x20)
@@ -122,7 +123,11 @@ class RafsOperations(pyfuse3.Operations):
         """FUSE INIT: pyfuse3 calls this synchronously, before it serves any other request."""
         if self.on_init is not None:
             self.on_init()
-        self.initialized = True
+        self.init_done.set()
+
+    @property
+    def initialized(self) -> bool:
+        return self.init_done.is_set()
 
     # -- inode numbers: the kernel's root is 1; swap it with the image's root ----------------
 

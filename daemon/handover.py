@@ -101,7 +101,6 @@ def receive_fd(supervisor: str) -> tuple[dict, int]:
     passes is closed."""
     deadline = time.monotonic() + TIMEOUT_S
     s = _connect(supervisor)
-    fds: list[int] = []
     try:  # "I am receiving": pynydusd-supervisor answers at once instead of waiting to see
         s.sendall(RECEIVER_HELLO)  # whether we send (a supervisor that never reads ignores it)
     except OSError:
@@ -114,25 +113,8 @@ def receive_fd(supervisor: str) -> tuple[dict, int]:
         s.settimeout(left)
 
     try:
-        wait()
-        data, anc, _flags, _addr = s.recvmsg(MAX_STATE, socket.CMSG_SPACE(16 * 4))
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += array.array("i", payload[:len(payload) - len(payload) % 4])
-        for fd in fds:
-            os.set_inheritable(fd, False)
-        while data and len(data) <= MAX_STATE:
-            wait()
-            try:
-                more = s.recv(MAX_STATE)
-            except ConnectionResetError:  # it closed without reading our hello: the end too
-                break
-            if not more:
-                break
-            data += more
+        data, fds = read_record(s, wait)
     except OSError as e:
-        for fd in fds:
-            os.close(fd)
         raise HandoverError(f"cannot receive from the supervisor {supervisor}: {e.strerror or e}") from None
     finally:
         s.close()
@@ -153,6 +135,35 @@ def receive_fd(supervisor: str) -> tuple[dict, int]:
         raise HandoverError(f"the supervisor holds a record of version {state.get('version')!r}; "
                             f"this pynydusd reads version {VERSION}")
     return state, fds[0]
+
+
+def read_record(s: socket.socket, before_read=lambda: None) -> tuple[bytes, list[int]]:
+    """A record sent on `s`: its bytes to the end (at most just over MAX_STATE) and the fds
+    that came with its first bytes (not inheritable). A reset after the first bytes ends it,
+    as a close does. On an error the fds are closed."""
+    fds: list[int] = []
+    try:
+        before_read()
+        data, anc, _flags, _addr = s.recvmsg(MAX_STATE, socket.CMSG_SPACE(16 * 4))
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += array.array("i", payload[:len(payload) - len(payload) % 4])
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        while data and len(data) <= MAX_STATE:
+            before_read()
+            try:
+                more = s.recv(MAX_STATE)
+            except ConnectionResetError:  # closed without reading what we wrote: the end too
+                break
+            if not more:
+                break
+            data += more
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return data, fds
 
 
 def check_state(state: dict, fd: int, mountpoint: str, mounted: int | None,

@@ -16,22 +16,33 @@ log = logging.getLogger(__name__)
 MNT_FORCE, MNT_DETACH = 1, 2
 
 
-def mounted_fstype(real: str) -> str | None:
-    """The filesystem type mounted exactly at the canonical path `real` (from
-    /proc/self/mountinfo), or None. No path lookup: that could wait on a FUSE mount nobody
-    serves."""
+def mount_entry(real: str) -> tuple[str, int] | None:
+    """(fstype, device as a FUSE connection id: major << 20 | minor) of the topmost mount at the
+    canonical path `real`, from /proc/self/mountinfo, or None. No path lookup: that could wait
+    on a FUSE mount nobody serves."""
     found = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 fields = line.split()
-                sep = fields.index("-")
-                mnt = _unescape(fields[4])
-                if mnt == real:
-                    found = fields[sep + 1]
-    except OSError:
+                if _unescape(fields[4]) == real:
+                    major, _, minor = fields[2].partition(":")
+                    found = fields[fields.index("-") + 1], int(major) << 20 | int(minor)
+    except (OSError, ValueError, IndexError):
         return None
     return found
+
+
+def mounted_fstype(real: str) -> str | None:
+    """The filesystem type mounted exactly at the canonical path `real`, or None."""
+    entry = mount_entry(real)
+    return entry[0] if entry else None
+
+
+def mount_conn_id(real: str) -> int | None:
+    """The FUSE connection id of the topmost mount at the canonical path `real`, or None."""
+    entry = mount_entry(real)
+    return entry[1] if entry else None
 
 
 def canonical_mountpoint(path: str) -> str:
@@ -41,23 +52,6 @@ def canonical_mountpoint(path: str) -> str:
     parent, name = os.path.split(os.path.abspath(path))
     candidate = os.path.join(os.path.realpath(parent), name) if name else os.path.realpath(parent)
     return candidate if mounted_fstype(candidate) is not None else os.path.realpath(candidate)
-
-
-def mount_conn_id(real: str) -> int | None:
-    """The device of the topmost mount at the canonical path `real` as a FUSE connection id
-    (major << 20 | minor), from /proc/self/mountinfo: no request goes to the filesystem. None
-    when nothing is mounted."""
-    found = None
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == real:
-                    major, _, minor = fields[2].partition(":")
-                    found = int(major) << 20 | int(minor)
-    except (OSError, ValueError):
-        return None
-    return found
 
 
 def _unescape(field: str) -> str:

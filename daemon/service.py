@@ -254,10 +254,8 @@ class Daemon:
         daemon serves on; the connection now outlives this process)."""
         from . import handover
 
-        deadline = time.monotonic() + 2.0  # INIT takes milliseconds after the mount
-        while (self.adoption is None and self.ops is not None and not self.ops.initialized
-               and time.monotonic() < deadline):
-            time.sleep(0.01)
+        if self.adoption is None and self.ops is not None:
+            self.ops.init_done.wait(2.0)  # INIT takes milliseconds after the mount
         with self._lock:
             if self.phase not in ("RUNNING", "READY", "STARTING") or self.kernel_fd is None:
                 raise StateError(f"sendfd needs a FUSE session, and the state is {self.phase}")
@@ -397,7 +395,7 @@ class Daemon:
         aborted: nobody would serve it."""
         import pyfuse3
 
-        from .lifecycle import abort_connection, lazy_unmount, mount_conn_id, mounted_fstype
+        from .lifecycle import abort_connection, lazy_unmount, mount_entry
 
         with self._lock:  # no sendfd from here on
             self.phase = "STOPPED"
@@ -412,8 +410,9 @@ class Daemon:
             log.info("the mount at %s stays for the next daemon", mountpoint)
             self._answered.wait(2.0)  # let the API answer `exit` before the process goes
         else:
-            ours = (mounted_fstype(mountpoint) or "").startswith("fuse") and (
-                self.conn_id is None or mount_conn_id(mountpoint) == self.conn_id)
+            entry = mount_entry(mountpoint)
+            ours = entry is not None and entry[0].startswith("fuse") and (
+                self.conn_id is None or entry[1] == self.conn_id)
             if ours:
                 try:
                     lazy_unmount(mountpoint, force=shared)  # MNT_FORCE aborts the connection

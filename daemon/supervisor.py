@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 
-from .handover import MAX_STATE, RECEIVER_HELLO
+from .handover import MAX_STATE, RECEIVER_HELLO, read_record
 
 log = logging.getLogger("pynydusd-supervisor")
 
@@ -64,16 +64,7 @@ class Supervisor:
                 self._store(conn)
 
     def _store(self, conn: socket.socket) -> None:
-        data, anc, _flags, _addr = conn.recvmsg(MAX_STATE, socket.CMSG_SPACE(16 * 4))
-        fds: list[int] = []
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += array.array("i", payload[:len(payload) - len(payload) % 4])
-        while data and len(data) <= MAX_STATE:
-            more = conn.recv(MAX_STATE)
-            if not more:
-                break
-            data += more
+        data, fds = read_record(conn)
         if not fds or len(data) > MAX_STATE:
             for fd in fds:
                 os.close(fd)

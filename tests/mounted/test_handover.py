@@ -57,6 +57,15 @@ def new_daemon(img: Path, mnt: Path, sock: Path, sup: Path, *extra: str) -> Daem
     return d
 
 
+def stop_all(sup, *daemons: Daemon | None) -> None:
+    """The supervisor first (the connection must not outlive the daemons: no unserved reads),
+    then the daemons, newest first."""
+    sup.stop()
+    for d in daemons:
+        if d is not None:
+            d.stop()
+
+
 def state(sock: Path) -> str:
     code, body = api_call(sock, "GET", "/api/v1/daemon")
     assert code == 200, body
@@ -141,10 +150,7 @@ def test_a_new_daemon_takes_over_the_mount(image, tmp_path, how):
     finally:
         if merged is not None:
             subprocess.run(["umount", "-l", str(merged)], check=False)
-        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
-        for d in (b, a):
-            if d is not None:
-                d.stop()
+        stop_all(sup, b, a)
 
 
 @pytest.mark.timeout(120)
@@ -181,10 +187,7 @@ def test_failover_redrives_the_read_the_killed_daemon_held(image, tmp_path):
         t.join(15)
         assert out.get("data") == (src / "data/exactly-64k.bin").read_bytes(), out
     finally:
-        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
-        for d in (b, a):
-            if d is not None:
-                d.stop()
+        stop_all(sup, b, a)
         server.stop()
 
 
@@ -214,10 +217,7 @@ def test_takeover_refuses_another_image_and_leaves_the_mount(image, tmp_path):
         assert rc == 0 and fstype_at(mnt) == "fuse"  # INIT: it never touched the mount
         assert (mnt / "etc/hostname").exists() == (src / "etc/hostname").exists()
     finally:
-        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
-        for d in (b, a):
-            if d is not None:
-                d.stop()
+        stop_all(sup, b, a)
 
 
 def test_handover_needs_a_supervisor(image, tmp_path):
@@ -285,9 +285,7 @@ def test_a_taken_over_daemon_hands_over_again(image, tmp_path):
         take_over(c_sock)
         assert (mnt / "data/dup-a.bin").read_bytes() == (src / "data/dup-a.bin").read_bytes()
     finally:
-        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
-        for d in reversed(daemons):
-            d.stop()
+        stop_all(sup, *reversed(daemons))
 
 
 @pytest.mark.timeout(120)
@@ -322,10 +320,7 @@ def test_exit_finishes_the_reads_it_took_before_it_goes(image, tmp_path):
         assert out.get("data") == (src / "data/exactly-64k.bin").read_bytes(), out
         assert (mnt / "data/dup-b.bin").read_bytes() == (src / "data/dup-b.bin").read_bytes()
     finally:
-        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
-        for d in (b, a):
-            if d is not None:
-                d.stop()
+        stop_all(sup, b, a)
         server.stop()
 
 
@@ -364,9 +359,7 @@ def test_a_stale_record_is_refused_and_the_live_mount_kept(image, tmp_path):
     finally:
         if merged is not None:
             subprocess.run(["umount", "-l", str(merged)], check=False)
-        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
-        for d in reversed(daemons):
-            d.stop()
+        stop_all(sup, *reversed(daemons))
 
 
 @pytest.mark.timeout(120)
@@ -390,9 +383,7 @@ def test_a_restart_waits_for_a_takeover_while_the_supervisor_holds_the_mount(ima
         take_over(sock)
         assert (mnt / "data/dup-b.bin").read_bytes() == (src / "data/dup-b.bin").read_bytes()
     finally:
-        sup.stop()  # first: the connection must not outlive the daemons (no unserved reads)
-        for d in reversed(daemons):
-            d.stop()
+        stop_all(sup, *reversed(daemons))
 
 
 def test_exit_without_a_supervisor_copy_is_refused(image, tmp_path):
@@ -503,7 +494,7 @@ class ScriptedSupervisor:
             conn.close()
         return self._one(run)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         self.sock.close()
         for fd in self.fds:
             os.close(fd)
@@ -533,10 +524,7 @@ def test_hot_upgrade_through_a_supervisor_that_never_reads(image, tmp_path):
         take_over(b_sock)
         assert (mnt / "data/dup-b.bin").read_bytes() == (src / "data/dup-b.bin").read_bytes()
     finally:
-        sup.close()
-        for d in (b, a):
-            if d is not None:
-                d.stop()
+        stop_all(sup, b, a)
 
 
 @pytest.mark.timeout(120)
@@ -565,10 +553,7 @@ def test_a_bootstrap_replaced_under_the_mount_is_not_taken_over(image, tmp_path)
         code, body = api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")
         assert code == 500 and b"bootstrap" in body, body
     finally:
-        sup.stop()
-        for d in (b, a):
-            if d is not None:
-                d.stop()
+        stop_all(sup, b, a)
 
 
 @pytest.mark.timeout(120)
@@ -617,7 +602,4 @@ def test_a_restart_does_not_take_over_from_a_stopped_daemon(image, tmp_path):
         assert (mnt / "data/dup-a.bin").read_bytes() == (src / "data/dup-a.bin").read_bytes()
     finally:
         a.proc.send_signal(signal.SIGCONT)
-        sup.stop()
-        for d in (again, a):
-            if d is not None:
-                d.stop()
+        stop_all(sup, again, a)
