@@ -16,6 +16,9 @@ written chunks are committed in groups by a background thread (every COMMIT_S se
 once COMMIT_CHUNKS are waiting, and on close), so no read waits for an fdatasync; until then they
 are ready in memory only, and a crash merely costs fetching them again. `durable=True` commits
 each chunk as it is written.
+The files are shared by every image whose daemon uses this work_dir, and an image may lie about a
+blob's layout: nothing here says the bytes are right for the image reading them (the fetcher
+checks each chunk's digest), only that a ready chunk was written whole.
 A full disk (ENOSPC/EDQUOT) or any other write error (EIO, a read-only remount) never marks a
 chunk ready: the data is served uncached, with one warning. A blob whose cache files cannot be set
 up (a full disk at start, a chunk count beyond MAX_CHUNKS) is cached in memory only.

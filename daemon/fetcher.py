@@ -4,8 +4,11 @@ Missing chunks of one read are grouped by blob, sorted by compressed offset and 
 few range requests as the layout allows (adjacent compressed ranges, up to a size limit). A chunk
 being fetched by one thread is waited for, never fetched again, by the others (single flight).
 Every chunk's decompressed size is checked. Its digest is checked when it comes from a remote
-backend (the network is untrusted) and, with `digest_validate`, also from localfs and the disk
-cache. A run whose data fails these checks is fetched again, up to the backend's retry count,
+backend (the network is untrusted) or from the disk cache, and with `digest_validate` also from
+localfs. The disk cache is shared by every image using the same work_dir, and blob ids come from
+images: a hostile image can name another's blob and place its chunks elsewhere in the cache files,
+or reset them under a running daemon, so what the disk gives back is never trusted (a chunk that
+fails is fetched again and rewritten). A run whose data fails these checks is fetched again, up to the backend's retry count,
 before the read fails.
 """
 
@@ -57,13 +60,12 @@ class Fetcher:
     """Serves decompressed chunks of one image; thread-safe."""
 
     def __init__(self, image: Image, backend: Backend, cache: ChunkCache | None, *,
-                 digest_validate: bool, memory_bytes: int, cache_validate: bool = False,
+                 digest_validate: bool, memory_bytes: int,
                  prepare_index: Callable[[], None] | None = None) -> None:
         self.image = image
         self.backend = backend
         self.cache = cache
         self.digest_validate = digest_validate
-        self.cache_validate = digest_validate or cache_validate  # check what the disk gives back
         self.verify_fetched = digest_validate or backend.kind != "localfs"
         self.data_retries = max(int(getattr(backend, "retries", 0) or 0), 1)
         self.mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, 1),
@@ -89,7 +91,7 @@ class Fetcher:
                 return data
         if self.cache is not None:
             data = self.cache.get(c)
-            if data is not None and self.cache_validate:
+            if data is not None:
                 blob = self.image.blobs[c.blob_index]
                 if codecs.digest(blob.digester, data) != c.digest:
                     log.warning("blob %s: cached chunk %d fails its digest: fetching it again",

@@ -33,7 +33,7 @@ class StorageOptions:
     backend_config: dict = field(default_factory=dict)  # the backend's own fields, as in nydusd's config
     cache_type: str = "blobcache"  # "blobcache" | "filecache" | "dummycache" | ""
     work_dir: str = "./cache"  # already resolved against the process cwd by the config layer
-    cache_validate: bool = False
+    cache_validate: bool = False  # accepted; what the disk cache gives back is always checked
     digest_validate: bool = False
     amplify_io: int = 1 << 20
     thread_num: int = 4  # worker threads for blocking work
@@ -66,7 +66,6 @@ class BlobStore:
             raise StorageError(f"cache type {options.cache_type!r} is not supported")
         self.fetcher = Fetcher(image, self.backend, self.cache,
                                digest_validate=options.digest_validate,
-                               cache_validate=options.cache_validate,
                                memory_bytes=options.memory_cache_bytes,
                                prepare_index=self._prepare_widening)
         self.prefetcher = None
