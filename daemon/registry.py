@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -25,6 +26,9 @@ MAX_REDIRECTS = 5
 TOKEN_BODY_MAX = 1 << 20  # a token answer is a few KiB
 USER_AGENT = "pynydusd/0.1 (nydusd/1.0.0 compatible)"
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+RENEW_AT = (0.7, 0.8)  # a bearer token is renewed at this part of its lifetime (jittered)
+RENEW_MIN_LIFETIME = 5.0  # shorter-lived tokens are renewed on their 401 only
+RENEW_BACKOFF_MAX = 60.0  # seconds between attempts while renewing fails
 
 
 class RegistryBackend(Backend):
@@ -52,6 +56,9 @@ class RegistryBackend(Backend):
         self.redirects: dict[str, str] = {}
         self.local = threading.local()
         self.auth_lock = threading.Lock()
+        self.challenge: dict | None = None  # the bearer challenge the current token answers
+        self.renew_at = float("inf")  # monotonic time to renew the token before it expires
+        self.renew_failures = 0
 
     # -- HTTP plumbing ------------------------------------------------------------------------
 
@@ -95,6 +102,8 @@ class RegistryBackend(Backend):
 
     def _send(self, url: str, headers: dict, blob_id: str):
         """GET with auth negotiation, proxy fallback and hand-followed redirects."""
+        if time.monotonic() >= self.renew_at:
+            self._renew_token()
         for _hop in range(MAX_REDIRECTS + 1):
             origin = same_origin(url, self.base)
             hdrs = dict(headers)
@@ -103,7 +112,7 @@ class RegistryBackend(Backend):
             r = self._via_proxy_or_direct(url, hdrs)
             if r.status_code == 401 and origin:
                 r.close()
-                self._authenticate(r, url, headers)
+                self._authenticate(r, hdrs.get("Authorization"))
                 hdrs["Authorization"] = self.auth_header
                 r = self._via_proxy_or_direct(url, hdrs)
             if r.status_code in (301, 302, 303, 307, 308) and "Location" in r.headers:
@@ -144,11 +153,17 @@ class RegistryBackend(Backend):
         with self.auth_lock:
             self.basic = basic
             self.auth_header = None
+            self.challenge, self.renew_at, self.renew_failures = None, float("inf"), 0
 
-    def _authenticate(self, r, url: str, headers: dict) -> None:
+    def _authenticate(self, r, sent: str | None) -> None:
+        """Answer a 401 to a request that carried `sent` (None: no Authorization). When another
+        thread has replaced that header meanwhile, its answer is used: a token that expires under
+        many readers is fetched once, not once per reader."""
         challenge = r.headers.get("WWW-Authenticate", "")
         scheme = challenge.split(" ", 1)[0].lower()
         with self.auth_lock:
+            if self.auth_header is not None and self.auth_header != sent:
+                return
             if scheme == "basic":
                 if not self.basic:
                     raise BackendError("registry wants basic auth and no 'auth' is configured")
@@ -158,6 +173,34 @@ class RegistryBackend(Backend):
                 self.auth_header = "Bearer " + self._fetch_token(params)
             else:
                 raise BackendError(f"registry answered 401 with challenge {challenge[:100]!r}")
+
+    def _renew_token(self) -> None:
+        """Renew the bearer token before it expires, so that no request meets a 401 for it (and no
+        slow mirror has to relay one). One thread renews while the others go on with the current
+        token; a failed renewal keeps that token while it lasts and is retried with backoff
+        (logged once per failing streak), and the renewal point is jittered so that daemons
+        started together do not ask the token server together."""
+        if not self.auth_lock.acquire(blocking=False):
+            return
+        try:
+            challenge = self.challenge
+            if challenge is None or time.monotonic() < self.renew_at:
+                return
+            failed = self.renew_failures
+            try:
+                self.auth_header = "Bearer " + self._fetch_token(challenge)
+            except BackendError as e:
+                self.renew_failures += 1
+                delay = min(2.0 ** self.renew_failures, RENEW_BACKOFF_MAX)
+                self.renew_at = time.monotonic() + delay * random.uniform(0.5, 1.0)
+                if self.renew_failures == 1:
+                    log.warning("renewing the registry token failed (%s): the current one is used "
+                                "while it lasts, renewal is retried with backoff", e)
+                return
+            if failed:
+                log.info("registry token renewed after %d failed attempts", failed)
+        finally:
+            self.auth_lock.release()
 
     def _fetch_token(self, params: dict) -> str:
         import requests
@@ -193,7 +236,10 @@ class RegistryBackend(Backend):
         expires = body.get("expires_in", 600)
         if isinstance(expires, bool) or not isinstance(expires, int | float) or expires != expires:
             raise BackendError(f"token server answer has a bad expires_in: {str(expires)[:40]!r}")
-        self.token_expiry = time.monotonic() + float(expires)
+        lifetime = float(expires)
+        self.challenge, self.renew_failures = params, 0
+        self.renew_at = (time.monotonic() + lifetime * random.uniform(*RENEW_AT)
+                         if lifetime >= RENEW_MIN_LIFETIME else float("inf"))
         return token
 
 

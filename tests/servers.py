@@ -36,6 +36,7 @@ class TokenIssuer:
         root.mkdir(parents=True, exist_ok=True)
         self.key, self.cert = root / "key.pem", root / "cert.pem"
         self.ttl = ttl
+        self.fail = False  # answer 503 to every token request
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
                         str(self.key), "-out", str(self.cert), "-days", "1", "-subj", "/CN=token"],
                        check=True, capture_output=True)
@@ -51,6 +52,11 @@ class TokenIssuer:
 
             def _answer(self, params: dict) -> None:
                 issuer.requests.append((self.command, params))
+                if issuer.fail:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("Authorization") != good:
                     self.send_response(401)
                     self.send_header("Content-Length", "0")

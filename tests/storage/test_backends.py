@@ -406,10 +406,78 @@ def test_rejected_bearer_token_is_refreshed_on_401(v5, tmp_path):
         reg.stop()
         second = TokenIssuer(tmp_path / "tok2", "alice", "s3cret")
         reg = Registry(tmp_path / "reg", token=second, port=reg.port)
-        assert backend.read(blob.name, 100, 100) == blob.read_bytes()[100:200]
+        # eight readers meet the 401 together: one token request serves them all
+        import threading
+
+        got: dict[int, bytes] = {}
+        start = threading.Barrier(8)
+
+        def reader(i: int) -> None:
+            start.wait()
+            got[i] = backend.read(blob.name, 100 * i, 100)
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == {i: blob.read_bytes()[100 * i:100 * i + 100] for i in range(8)}
         assert len([r for r in second.requests if r[1].get("scope")]) == 1
     finally:
         reg.stop()
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_bearer_token_is_renewed_before_it_expires_and_backs_off_while_renewal_fails(
+        v5, tmp_path, monkeypatch, caplog):
+    import time
+
+    from daemon import registry
+    from tests.servers import TokenIssuer
+
+    monkeypatch.setattr(registry, "RENEW_AT", (0.3, 0.35))  # of a 6 s token: at 1.8-2.1 s
+    _boot, _blob_dir, blob = v5
+    data = blob.read_bytes()
+    issuer = TokenIssuer(tmp_path / "tok", "alice", "s3cret", ttl=6)
+    reg = Registry(tmp_path / "reg", token=issuer)
+    try:
+        der = subprocess.run(["openssl", "x509", "-in", str(issuer.cert), "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        reg.push_blob("private/img", data,
+                      bearer=issuer.sign("repository:private/img:pull,push", der))
+        backend = make_backend("registry", {
+            "scheme": "http", "host": f"127.0.0.1:{reg.port}", "repo": "private/img",
+            "auth": base64.b64encode(b"alice:s3cret").decode()})
+
+        def tokens() -> int:
+            return len([r for r in issuer.requests if r[1].get("scope")])
+
+        assert backend.read(blob.name, 0, 100) == data[:100]
+        issued = time.monotonic()
+        assert tokens() == 1
+        time.sleep(2.2)  # past the renewal point, the token still good for 2.8 s at least
+        assert backend.read(blob.name, 100, 100) == data[100:200]
+        assert tokens() == 2, "the token was not renewed before it expired"
+        renewed = time.monotonic()
+        assert renewed - issued < 5
+        time.sleep(2.2)
+        issuer.fail = True  # the token server goes down: the current token serves on
+        with caplog.at_level("WARNING", logger="daemon.registry"):
+            assert backend.read(blob.name, 200, 100) == data[200:300]
+            failed = tokens()
+            assert failed > 2  # it tried
+            for _ in range(5):  # and backs off: no attempt per request
+                assert backend.read(blob.name, 300, 100) == data[300:400]
+            assert tokens() == failed
+        warnings = [r for r in caplog.records if "renewing the registry token failed" in r.message]
+        assert len(warnings) == 1
+        issuer.fail = False
+        time.sleep(2.1)  # the first backoff is 1-2 s
+        assert backend.read(blob.name, 400, 100) == data[400:500]
+        assert tokens() == failed + 1
+        assert backend.renew_failures == 0
+    finally:
+        reg.stop()
+        issuer.stop()
