@@ -12,6 +12,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
 from . import logs
+from .filestats import FileStats
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ IDLE_S = 10.0  # a connection that sends nothing for this long is closed
 _NO_BODY = object()  # _json_body: the request was answered already
 CONTROLS = {"/api/v1/daemon/fuse/sendfd": "sendfd", "/api/v1/daemon/fuse/takeover": "takeover",
             "/api/v1/daemon/start": "start", "/api/v1/daemon/exit": "exit"}
-UNSUPPORTED = ("/api/v1/mount", "/api/v1/daemon/backend",
-               "/api/v1/metrics/files", "/api/v1/metrics/pattern", "/api/v2/blobs")
+UNSUPPORTED = ("/api/v1/mount", "/api/v1/daemon/backend", "/api/v2/blobs")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -189,6 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
             # the hot-reloadable settings; values are withheld: the API never shows credentials
             "/api/v1/config": lambda: {"registry_auth": ""},
             "/api/v1/metrics/inflight": None,
+            "/api/v1/metrics/files": None,
+            "/api/v1/metrics/pattern": lambda: (st.ops.file_stats or FileStats()).pattern(),
             "/metrics": None,
         }
 
@@ -206,6 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, busy) if busy else self._send(204)
         if path == "/metrics":
             return self._send(200, st.prometheus(), "text/plain; version=0.0.4")
+        if path == "/api/v1/metrics/files":  # latest=true: the files read since the last call
+            stats = st.ops.file_stats or FileStats()
+            latest = query.get("latest", ["false"])[-1].lower() == "true"
+            return self._send(200, stats.drain_latest() if latest else stats.files())
         self._send(200, self._gets()[path]())
 
     def _length(self) -> int | None:

@@ -33,6 +33,9 @@ class DaemonConfig:
     mode: str = "direct"
     version: int = 1
     raw: dict = field(default_factory=dict)
+    iostats_files: bool = False  # per-file counters (GET /api/v1/metrics/files)
+    access_pattern: bool = False  # per-file read count and first read (/api/v1/metrics/pattern)
+    latest_read_files: bool = False  # files read since the last /api/v1/metrics/files?latest=true
 
     def redacted(self) -> dict:
         """The backend config with secrets blanked, for logs and the API."""
@@ -64,7 +67,8 @@ class DaemonConfig:
                 "cache": {**cache, "prefetch": prefetch},
                 "rafs": {"mode": self.mode, "batch_size": st.amplify_io,
                          "validate": st.digest_validate, "enable_xattr": self.enable_xattr,
-                         "prefetch": prefetch}}
+                         "iostats_files": self.iostats_files, "access_pattern": self.access_pattern,
+                         "latest_read_files": self.latest_read_files, "prefetch": prefetch}}
 
 
 def _bool(d: dict, key: str, default: bool) -> bool:
@@ -191,7 +195,8 @@ def parse_v1(d: dict) -> DaemonConfig:
     opts.digest_validate = _bool(d, "digest_validate", False)
     opts.amplify_io = _int(d, "amplify_io", 1 << 20, 0, 256 << 20)
     _prefetch(_section(d, "fs_prefetch"), opts, v1=True)
-    return DaemonConfig(_str(device, "id"), opts, _bool(d, "enable_xattr", False), d["mode"], 1, d)
+    return DaemonConfig(_str(device, "id"), opts, _bool(d, "enable_xattr", False), d["mode"], 1, d,
+                        *_file_stats(d))
 
 
 def parse_v2(d: dict) -> DaemonConfig:
@@ -217,7 +222,14 @@ def parse_v2(d: dict) -> DaemonConfig:
     # [rafs.prefetch] says what to prefetch, [cache.prefetch] drives the workers
     fs_p, st_p = _section(rafs_cfg, "prefetch"), _section(cache, "prefetch")
     _prefetch(fs_p or st_p, opts, v1=False, workers=st_p or fs_p)
-    return DaemonConfig(_str(d, "id"), opts, _bool(rafs_cfg, "enable_xattr", False), mode, 2, d)
+    return DaemonConfig(_str(d, "id"), opts, _bool(rafs_cfg, "enable_xattr", False), mode, 2, d,
+                        *_file_stats(rafs_cfg))
+
+
+def _file_stats(d: dict) -> tuple[bool, bool, bool]:
+    """iostats_files, access_pattern, latest_read_files (v1: top level; v2: [rafs])."""
+    return (_bool(d, "iostats_files", False), _bool(d, "access_pattern", False),
+            _bool(d, "latest_read_files", False))
 
 
 def load_config(path: str) -> DaemonConfig:

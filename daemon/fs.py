@@ -22,6 +22,7 @@ import trio
 
 import rafs
 
+from .filestats import FOPS, FileStats, fuse_ino, image_ino
 from .metrics import read_latency_bucket, size_bucket
 from .storage_errors import StorageError, WouldBlock
 
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 FOREVER_S = 365 * 24 * 3600.0  # the image never changes under the mount
 STATFS_BSIZE = 512
 NAME_MAX = 255
-FOPS = ("getattr", "readlink", "open", "release", "read", "statfs", "getxattr", "listxattr",
-        "opendir", "lookup", "readdir", "readdirplus", "access", "forget", "batch_forget")
 
 
 # FUSE opcodes of the operations, as /api/v1/metrics/inflight reports them
@@ -53,8 +52,12 @@ def handler(name: str):
             first = args[0] if args and isinstance(args[0], int) else 0
             start = time.monotonic()
             self.inflight[unique] = (first, opcode, time.time())
+            result = None
+            ok = False
             try:
-                return await fn(self, *args)
+                result = await fn(self, *args)
+                ok = True
+                return result
             except pyfuse3.FUSEError as e:
                 if e.errno not in (errno.ENOENT, errno.ENODATA, errno.ENOSYS):
                     self.errors[name] += 1
@@ -77,6 +80,9 @@ def handler(name: str):
                 self.latency_us[name] += int(us)
                 if opcode == 15:  # read
                     self.read_latency[read_latency_bucket(us)] += 1
+                if first and self.file_stats is not None:
+                    self.file_stats.record(name, first, ok,
+                                           len(result) if ok and opcode == 15 else 0)
         return op
     return wrap
 
@@ -99,7 +105,8 @@ class RafsOperations(pyfuse3.Operations):
 
     def __init__(self, image: rafs.Image, store, *, enable_xattr: bool = False,
                  thread_num: int = 4, mount_time: float | None = None,
-                 on_init: Callable[[], None] | None = None) -> None:
+                 on_init: Callable[[], None] | None = None,
+                 file_stats: FileStats | None = None) -> None:
         super().__init__()
         self.on_init = on_init  # run at FUSE INIT, before any other request (see handover)
         self.init_done = threading.Event()
@@ -118,6 +125,7 @@ class RafsOperations(pyfuse3.Operations):
         self.read_latency = [0] * 8
         self.read_sizes = [0] * 8
         self.inflight: dict[int, tuple[int, int, float]] = {}  # unique -> (inode, opcode, start)
+        self.file_stats = file_stats if file_stats is not None and file_stats.enabled else None
 
     def init(self) -> None:
         """FUSE INIT: pyfuse3 calls this synchronously, before it serves any other request."""
@@ -132,10 +140,10 @@ class RafsOperations(pyfuse3.Operations):
     # -- inode numbers: the kernel's root is 1; swap it with the image's root ----------------
 
     def _to_image(self, ino: int) -> int:
-        return self.root if ino == pyfuse3.ROOT_INODE else (1 if ino == self.root else ino)
+        return image_ino(ino, self.root)
 
     def _to_fuse(self, ino: int) -> int:
-        return pyfuse3.ROOT_INODE if ino == self.root else (self.root if ino == 1 else ino)
+        return fuse_ino(ino, self.root)
 
     def attrs(self, inode: rafs.Inode) -> pyfuse3.EntryAttributes:
         """EntryAttributes with nydusd's policies (root 0755, mtime 0 -> mount time)."""
@@ -283,8 +291,10 @@ class RafsOperations(pyfuse3.Operations):
 
     def fs_metrics(self) -> dict:
         """nydusd's FsIoStats shape (api/v1/metrics)."""
-        return {"files_account_enabled": False, "access_pattern_enabled": False,
-                "record_latest_read_files_enabled": False, "measure_latency": True, "id": "/",
+        fs = self.file_stats or FileStats()
+        return {"files_account_enabled": fs.iostats_files, "access_pattern_enabled": fs.access_pattern,
+                "record_latest_read_files_enabled": fs.latest_read_files, "measure_latency": True,
+                "id": "/",
                 "nr_opens": self.nr_opens, "data_read": self.data_read,
                 "block_count_read": list(self.read_sizes),
                 "fop_hits": [self.hits[f] for f in FOPS],

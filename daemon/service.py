@@ -114,11 +114,14 @@ class Daemon:
         return self._run_session(ops)
 
     def _operations(self, on_init=None):
+        from .filestats import FileStats
         from .fs import RafsOperations
 
-        return RafsOperations(self.image, self.store, enable_xattr=self.config.enable_xattr,
+        c = self.config
+        return RafsOperations(self.image, self.store, enable_xattr=c.enable_xattr,
                               thread_num=self.args.thread_num, mount_time=time.time(),
-                              on_init=on_init)
+                              on_init=on_init, file_stats=FileStats(
+                                  c.iostats_files, c.access_pattern, c.latest_read_files))
 
     def _run_session(self, ops) -> int:
         import trio

@@ -10,6 +10,8 @@ import sys
 SUBCOMMANDS = {
     "create": ("tools.create_cmd", "build a RAFS v5/v6 image from a directory"),
     "inspect": ("tools.inspect_cmd", "print an image's tree, or verify every chunk"),
+    "prefetch-list": ("tools.prefetch_list_cmd",
+                      "the paths a mount's recorded reads name, for --prefetch-files"),
 }
 
 

@@ -187,3 +187,14 @@ def test_credentials_in_urls_never_reach_the_api(tmp_path, monkeypatch):
                       ("u:PW@host:5000", "host:5000"), ("http://[::1]:5000/r", "http://[::1]:5000/r")):
         assert no_userinfo(url) == bare
     assert "proxy.example:3128" in shown and "mirror" in shown
+
+
+def test_file_records_are_read_from_v1_top_level_and_v2_rafs():
+    v1 = parse_config_text(json.dumps({**SEALER_JSON, "access_pattern": True,
+                                       "latest_read_files": True}))
+    assert (v1.iostats_files, v1.access_pattern, v1.latest_read_files) == (False, True, True)
+    v2 = parse_config_text(V2_LOCALFS + "[rafs]\niostats_files = true\n")
+    assert (v2.iostats_files, v2.access_pattern, v2.latest_read_files) == (True, False, False)
+    assert v2.redacted()["rafs"]["iostats_files"] is True
+    with pytest.raises(ConfigError, match="access_pattern"):
+        parse_config_text(V2_LOCALFS + '[rafs]\naccess_pattern = "yes"\n')
