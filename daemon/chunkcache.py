@@ -27,10 +27,12 @@ up (a full disk at start, a chunk count beyond MAX_CHUNKS) is cached in memory o
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import struct
 import threading
+import time
 
 from rafs import BlobInfo, ChunkInfo, is_valid_blob_id
 
@@ -43,6 +45,18 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 MAX_CHUNKS = 1 << 24  # ready bytes held in memory per blob (v6 chunk indexes have 24 bits)
 COMMIT_S = 1.0  # the committer's period
 COMMIT_CHUNKS = 256  # written chunks that wake it sooner
+LOCK_WAIT_S = 2.0  # how long opening a blob's files waits for a gc removing them
+OPEN_ATTEMPTS = 3
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 class BlobCacheFile:
@@ -54,11 +68,9 @@ class BlobCacheFile:
         self.blob = blob
         self.count = blob.chunk_count
         base = os.path.join(root, blob.blob_id)
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self.data_fd = self.ready_fd = -1
         try:
-            self.data_fd = os.open(base + ".data", flags, 0o600)
-            self.ready_fd = os.open(base + ".ready", flags, 0o600)
+            self._open(base)
             header = _HEADER.pack(MAGIC, self.count, 0, blob.uncompressed_size)
             if os.pread(self.ready_fd, HEADER_SIZE, 0) != header or \
                     os.fstat(self.ready_fd).st_size != HEADER_SIZE + self.count or \
@@ -74,6 +86,30 @@ class BlobCacheFile:
         self.broken = False  # a sync or a read failed: this blob is no longer cached
         self.committing = threading.Lock()  # one commit at a time
         self.pending: set[int] = set()  # written chunks whose ready bytes are not committed
+
+    def _open(self, base: str) -> None:
+        """Open (creating) both files and take the shared lock on .ready that tells
+        `pynydusd-cache gc` they are in use. gc removes a pair under the exclusive lock, so files
+        opened just before it did are found unlinked once the lock is ours: open them afresh."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        for _attempt in range(OPEN_ATTEMPTS):
+            self.close()
+            self.data_fd = os.open(base + ".data", flags, 0o600)
+            self.ready_fd = os.open(base + ".ready", flags, 0o600)
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(self.ready_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # gc is removing this pair: it takes milliseconds
+                    if time.monotonic() > deadline:
+                        raise OSError(errno.EBUSY, f"{base}.ready stays locked") from None
+                    time.sleep(0.01)
+            if all(_same_file(fd, path) for fd, path in (
+                    (self.data_fd, base + ".data"), (self.ready_fd, base + ".ready"))):
+                os.utime(self.ready_fd)  # its mtime says when the blob was last used
+                return
+        raise OSError(errno.EBUSY, f"{base}.ready keeps being replaced")
 
     def _reset(self, header: bytes) -> None:
         os.ftruncate(self.ready_fd, 0)
