@@ -316,6 +316,8 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                                 b"Content-Type: application/json\r\nContent-Length: 54\r\n"
                                 b"Connection: close\r\n\r\n"
                                 b'{"code": "UNDEFINED", "message": "too many clients"}  ')
+                request.setblocking(False)  # take what it sent: closing a socket with unread
+                request.recv(MAX_BODY)  # data resets it, and the client sees an error, not the 503
             except OSError:
                 pass
             self.shutdown_request(request)
