@@ -18,6 +18,7 @@ import signal
 import sys
 
 VERSION = "0.1.0"
+READAHEAD_KB = 4096  # sequential reads come in 1 MiB requests, several in flight (kernel: 128)
 log = logging.getLogger("pynydusd")
 
 
@@ -57,6 +58,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("-m", "--virtual-mountpoint", default="/", help="only / is supported")
     p.add_argument("-U", "--upgrade", action="store_true",
                    help="mount nothing: wait for PUT /api/v1/daemon/fuse/takeover, then start")
+    p.add_argument("--readahead-kb", type=int, default=READAHEAD_KB, metavar="KB",
+                   help=f"the kernel's readahead window for the mount (default {READAHEAD_KB}; "
+                        "0 keeps the kernel's 128)")
     p.add_argument("--failover-policy", choices=["resend", "flush", "none"], default="resend")
     p.add_argument("--writable", action="store_true", help="not supported: the mount is read-only")
     p.add_argument("--rlimit-nofile", type=int, default=1_000_000,

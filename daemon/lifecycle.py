@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,33 @@ def mount_conn_id(real: str) -> int | None:
     """The FUSE connection id of the topmost mount at the canonical path `real`, or None."""
     entry = mount_entry(real)
     return entry[1] if entry else None
+
+
+def set_readahead(conn_id: int, kb: int, initialized: threading.Event,
+                  timeout: float = 5.0) -> bool:
+    """Set the kernel's readahead window for FUSE connection `conn_id` (the read_ahead_kb of its
+    backing device, "major:minor"), once `initialized` says FUSE INIT was answered: the kernel
+    caps the window at what INIT negotiated when it reads the answer, so a value written before
+    does not last; it is written until it stays. False, and the kernel's default kept, when sysfs
+    refuses or INIT does not come."""
+    path = f"/sys/class/bdi/{conn_id >> 20}:{conn_id & 0xFFFFF}/read_ahead_kb"
+    deadline = time.monotonic() + timeout
+    if not initialized.wait(timeout):
+        return False
+    try:
+        while True:
+            with open(path, "w") as f:
+                f.write(str(kb))
+            time.sleep(0.02)
+            with open(path) as f:
+                if int(f.read()) == kb:
+                    return True
+            if time.monotonic() > deadline:
+                raise OSError(errno.EAGAIN, "the kernel keeps its own value")
+    except (OSError, ValueError) as e:
+        log.info("cannot set the readahead window (%s: %s): the kernel's default stays",
+                 path, getattr(e, "strerror", None) or e)
+        return False
 
 
 def canonical_mountpoint(path: str) -> str:

@@ -62,6 +62,7 @@ class Daemon:
             mount_conn_id,
             mounted_fstype,
             raise_nofile,
+            set_readahead,
         )
         from .storage import BlobStore
 
@@ -104,9 +105,13 @@ class Daemon:
             import pyfuse3
 
             ops = self._operations()
+            conn_id = mount_conn_id(mountpoint)
+            if conn_id is not None and getattr(args, "readahead_kb", 0):
+                threading.Thread(target=set_readahead, daemon=True, name="readahead",
+                                 args=(conn_id, args.readahead_kb, ops.init_done)).start()
             if args.supervisor:  # a copy of our own, for sendfd (libfuse closes `fd`)
                 self.kernel_fd = os.dup(fd)
-                self.conn_id = mount_conn_id(mountpoint)
+                self.conn_id = conn_id
             pyfuse3.init(ops, f"/dev/fd/{fd}", {"fsname=rafs"})
         except BaseException:
             lazy_unmount(mountpoint)

@@ -276,3 +276,31 @@ def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
         d.assert_clean_log()
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("option, window", [((), 4096), (("--readahead-kb", "0"), None),
+                                            (("--readahead-kb", "512"), 512)])
+def test_the_mount_gets_a_large_readahead_window(built, tmp_path, option, window):
+    """Sequential reads then come in 1 MiB requests, several in flight (the kernel's 128 KiB
+    window made them 128 KiB, one or two at a time). The kernel caps the window at FUSE INIT, so
+    it is set after INIT; 0 leaves the kernel's own."""
+    require_fuse()
+    tmp, src = built
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--backend",
+                str(tmp / "v6/blobs"), *option, str(mnt)], mnt)
+    try:
+        dev = os.stat(mnt).st_dev
+        path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        kernel_default = 128
+        expect = window or kernel_default
+        wait_for(lambda: int(path.read_text()) == expect, timeout=5,
+                 what=f"read_ahead_kb {expect}")
+        time.sleep(0.2)
+        assert int(path.read_text()) == expect  # and it stays
+        big = max((p for p in src.rglob("*") if p.is_file() and not p.is_symlink()),
+                  key=lambda p: p.stat().st_size)
+        assert (mnt / big.relative_to(src)).read_bytes() == big.read_bytes()
+    finally:
+        d.stop()
