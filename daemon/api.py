@@ -63,6 +63,8 @@ class ApiState:
         return {k: m.get(k, 0) for k in keys} | {"entries_count": m.get("total", 0)}
 
     def prometheus(self) -> str:
+        """Prometheus text: the daemon's counters, then the standard process metrics (RSS, CPU,
+        open fds, start time) that a node exporter cannot attribute to one daemon."""
         lines = []
         for prefix, values in (("pynydusd_fs", self.ops.fs_metrics()),
                                ("pynydusd_storage", self.store.metrics())):
@@ -73,7 +75,30 @@ class ApiState:
                     lines.append(f"{prefix}_{k} {v}")
                 elif isinstance(v, list) and all(isinstance(x, int) for x in v):
                     lines += [f'{prefix}_{k}{{index="{i}"}} {x}' for i, x in enumerate(v)]
+        lines.append(f"pynydusd_fs_inflight_ops {len(self.ops.inflight)}")
+        for name, kind, value in process_metrics():
+            lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
         return "\n".join(lines) + "\n"
+
+
+def process_metrics() -> list[tuple[str, str, float]]:
+    """(name, type, value) of Prometheus' standard process metrics, from /proc/self."""
+    out: list[tuple[str, str, float]] = []
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        page = os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        out += [("process_cpu_seconds_total", "counter", (int(fields[11]) + int(fields[12])) / tick),
+                ("process_start_time_seconds", "gauge", boot + int(fields[19]) / tick),
+                ("process_virtual_memory_bytes", "gauge", int(fields[20])),
+                ("process_resident_memory_bytes", "gauge", int(fields[21]) * page),
+                ("process_open_fds", "gauge", len(os.listdir("/proc/self/fd")))]
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    return out
 
 
 MAX_BODY = 64 << 10  # the largest request body the API takes (a log level, a config)

@@ -119,7 +119,7 @@ class RafsOperations(pyfuse3.Operations):
         self.hits: Counter = Counter()
         self.errors: Counter = Counter()
         self.data_read = 0
-        self.nr_opens = 0
+        self.nr_opens = 0  # files open now
         self.serial = 0
         self.latency_us: Counter = Counter()
         self.read_latency = [0] * 8
@@ -213,6 +213,7 @@ class RafsOperations(pyfuse3.Operations):
 
     @handler("release")
     async def release(self, fh):
+        self.nr_opens -= 1  # nydusd's nr_opens: files open now
         return None
 
     @handler("read")

@@ -106,6 +106,20 @@ def test_api_socket(built, tmp_path):
                 "buffered_backend_size"} <= set(c)
         code, body = _api(sock, "GET", "/metrics")
         assert code == 200 and b"pynydusd_storage_read_count" in body
+        prom = dict(line.rsplit(" ", 1) for line in body.decode().splitlines()
+                    if not line.startswith("#"))
+        with open(f"/proc/{d.proc.pid}/status") as f:  # the daemon's own RSS, as the kernel says
+            rss = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
+        assert abs(float(prom["process_resident_memory_bytes"]) - rss) < rss / 4
+        assert float(prom["process_open_fds"]) == pytest.approx(
+            len(os.listdir(f"/proc/{d.proc.pid}/fd")), abs=4)
+        assert 0 < time.time() - float(prom["process_start_time_seconds"]) < 120
+        held = open(mnt / "data/text-1m.txt", "rb")  # nr_opens: files open now
+        wait_for(lambda: json.loads(_api(sock, "GET", "/api/v1/metrics")[1])["nr_opens"] == 1,
+                 what="nr_opens 1")
+        held.close()
+        wait_for(lambda: json.loads(_api(sock, "GET", "/api/v1/metrics")[1])["nr_opens"] == 0,
+                 what="nr_opens 0 after the close")
         code, body = _api(sock, "GET", "/api/v1/nothing")
         assert code == 404 and json.loads(body)["code"] == "UNDEFINED"
         code, body = _api(sock, "PUT", "/api/v1/daemon/fuse/takeover")  # no --supervisor given
