@@ -296,7 +296,8 @@ class RafsOperations(pyfuse3.Operations):
         return {"files_account_enabled": fs.iostats_files, "access_pattern_enabled": fs.access_pattern,
                 "record_latest_read_files_enabled": fs.latest_read_files, "measure_latency": True,
                 "id": "/",
-                "nr_opens": self.nr_opens, "data_read": self.data_read,
+                "nr_opens": max(self.nr_opens, 0),  # files opened before a takeover close here
+                "data_read": self.data_read,
                 "block_count_read": list(self.read_sizes),
                 "fop_hits": [self.hits[f] for f in FOPS],
                 "fop_errors": [self.errors[f] for f in FOPS],
