@@ -76,7 +76,8 @@ class Fetcher:
         self.last_fetched: dict[int, int] = {}  # blob index -> last chunk index fetched
         self.streak: dict[int, int] = {}  # blob index -> sequential misses in a row
         self.stats = {"mem_hits": 0, "disk_hits": 0, "misses": 0, "requests": 0,
-                      "bytes_fetched": 0, "errors": 0, "bad_data": 0}
+                      "bytes_fetched": 0, "errors": 0, "bad_data": 0, "bad_cached": 0}
+        self.bad_cached_blobs: set[int] = set()  # blobs whose bad cached chunks were logged
 
     def _key(self, c: ChunkInfo) -> tuple[int, int]:
         return (c.blob_index, c.compressed_offset)
@@ -91,19 +92,32 @@ class Fetcher:
                 return data
         if self.cache is not None:
             data = self.cache.get(c)
-            if data is not None:
-                blob = self.image.blobs[c.blob_index]
-                if codecs.digest(blob.digester, data) != c.digest:
-                    log.warning("blob %s: cached chunk %d fails its digest: fetching it again",
-                                blob.blob_id, c.chunk_index)
-                    self.cache.forget(c)  # so that the fetched data replaces it
-                    data = None
+            if data is None:
+                if self.cache.is_ready(c):  # ready, yet short: another image shrank the files
+                    self._bad_cached(c, "is cut short")
+            elif codecs.digest(self.image.blobs[c.blob_index].digester, data) != c.digest:
+                self._bad_cached(c, "fails its digest")
+                data = None
             if data is not None:
                 with self.lock:
                     self.stats["disk_hits"] += 1
                     self._remember(key, data)
                 return data
         return None
+
+    def _bad_cached(self, c: ChunkInfo, what: str) -> None:
+        """A chunk marked ready on disk is not what this image says it is: unmark it, so that the
+        fetched data replaces it. Logged once per blob (another image sharing the cache can make
+        every chunk of a blob bad at once); `bad_cached` counts them all."""
+        self.cache.forget(c)
+        with self.lock:
+            self.stats["bad_cached"] += 1
+            first = c.blob_index not in self.bad_cached_blobs
+            self.bad_cached_blobs.add(c.blob_index)
+        if first:
+            log.warning("blob %s: cached chunk %d %s: fetching it again (and any other such "
+                        "chunk of this blob, counted in bad_cached)",
+                        self.image.blobs[c.blob_index].blob_id, c.chunk_index, what)
 
     def _remember(self, key: tuple[int, int], data: bytes) -> None:
         """Keep a chunk in the memory LRU (caller holds the lock); chunks larger than it are not."""

@@ -29,6 +29,7 @@ _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 RENEW_AT = (0.7, 0.8)  # a bearer token is renewed at this part of its lifetime (jittered)
 RENEW_MIN_LIFETIME = 5.0  # shorter-lived tokens are renewed on their 401 only
 RENEW_BACKOFF_MAX = 60.0  # seconds between attempts while renewing fails
+TOKEN_RETRY_S = 1.0  # after a failed token request, 401s fail with its error for this long
 
 
 class RegistryBackend(Backend):
@@ -59,6 +60,8 @@ class RegistryBackend(Backend):
         self.challenge: dict | None = None  # the bearer challenge the current token answers
         self.renew_at = float("inf")  # monotonic time to renew the token before it expires
         self.renew_failures = 0
+        self.renewing = False  # a renewal thread runs
+        self.auth_failure: tuple[float, BackendError] | None = None  # the last fetch failed: when
 
     # -- HTTP plumbing ------------------------------------------------------------------------
 
@@ -102,8 +105,13 @@ class RegistryBackend(Backend):
 
     def _send(self, url: str, headers: dict, blob_id: str):
         """GET with auth negotiation, proxy fallback and hand-followed redirects."""
-        if time.monotonic() >= self.renew_at:
-            self._renew_token()
+        if time.monotonic() >= self.renew_at and not self.renewing:
+            self.renewing = True  # (two threads may both start one: the lock lets one through)
+            try:
+                threading.Thread(target=self._renew_token, daemon=True,
+                                 name="token-renewal").start()
+            except RuntimeError:  # no thread to be had: the 401 path renews it instead
+                self.renewing = False
         for _hop in range(MAX_REDIRECTS + 1):
             origin = same_origin(url, self.base)
             hdrs = dict(headers)
@@ -112,7 +120,7 @@ class RegistryBackend(Backend):
             r = self._via_proxy_or_direct(url, hdrs)
             if r.status_code == 401 and origin:
                 r.close()
-                self._authenticate(r, hdrs.get("Authorization"))
+                self._authenticate(r, hdrs.get("Authorization"), time.monotonic())
                 hdrs["Authorization"] = self.auth_header
                 r = self._via_proxy_or_direct(url, hdrs)
             if r.status_code in (301, 302, 303, 307, 308) and "Location" in r.headers:
@@ -155,32 +163,46 @@ class RegistryBackend(Backend):
             self.auth_header = None
             self.challenge, self.renew_at, self.renew_failures = None, float("inf"), 0
 
-    def _authenticate(self, r, sent: str | None) -> None:
-        """Answer a 401 to a request that carried `sent` (None: no Authorization). When another
-        thread has replaced that header meanwhile, its answer is used: a token that expires under
-        many readers is fetched once, not once per reader."""
+    def _authenticate(self, r, sent: str | None, at: float) -> None:
+        """Answer a 401, met at monotonic time `at`, to a request that carried `sent` (None: no
+        Authorization). When another thread has replaced that header meanwhile, its answer is
+        used; when another thread's token request failed after this 401 came, or less than
+        TOKEN_RETRY_S ago, its error is: a token that expires under many readers is fetched
+        once, not once per reader, whether the token server answers or not."""
         challenge = r.headers.get("WWW-Authenticate", "")
         scheme = challenge.split(" ", 1)[0].lower()
         with self.auth_lock:
             if self.auth_header is not None and self.auth_header != sent:
                 return
+            if self.auth_failure is not None and (
+                    self.auth_failure[0] >= at
+                    or time.monotonic() - self.auth_failure[0] < TOKEN_RETRY_S):
+                error = self.auth_failure[1]
+                raise type(error)(str(error))
             if scheme == "basic":
                 if not self.basic:
                     raise BackendError("registry wants basic auth and no 'auth' is configured")
                 self.auth_header = self.basic
             elif scheme == "bearer":
                 params = dict(_CHALLENGE_RE.findall(challenge))
-                self.auth_header = "Bearer " + self._fetch_token(params)
+                try:
+                    self.auth_header = "Bearer " + self._fetch_token(params)
+                except BackendError as e:
+                    self.auth_failure = (time.monotonic(), e)
+                    raise
+                self.auth_failure = None
             else:
                 raise BackendError(f"registry answered 401 with challenge {challenge[:100]!r}")
 
     def _renew_token(self) -> None:
         """Renew the bearer token before it expires, so that no request meets a 401 for it (and no
-        slow mirror has to relay one). One thread renews while the others go on with the current
-        token; a failed renewal keeps that token while it lasts and is retried with backoff
-        (logged once per failing streak), and the renewal point is jittered so that daemons
-        started together do not ask the token server together."""
+        slow mirror has to relay one). It runs in a thread of its own, started by the request
+        that finds the renewal due, which like every other goes on with the current token. A
+        failed renewal keeps that token while it lasts and is retried with backoff (logged once
+        per failing streak); the renewal point is jittered so that daemons started together do
+        not ask the token server together."""
         if not self.auth_lock.acquire(blocking=False):
+            self.renewing = False
             return
         try:
             challenge = self.challenge
@@ -200,6 +222,7 @@ class RegistryBackend(Backend):
             if failed:
                 log.info("registry token renewed after %d failed attempts", failed)
         finally:
+            self.renewing = False
             self.auth_lock.release()
 
     def _fetch_token(self, params: dict) -> str:
@@ -233,7 +256,7 @@ class RegistryBackend(Backend):
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not token or not isinstance(token, str):
             raise BackendError("token server answer has no token")
-        expires = body.get("expires_in", 600)
+        expires = body.get("expires_in", 60)  # the distribution token spec's default
         if isinstance(expires, bool) or not isinstance(expires, int | float) or expires != expires:
             raise BackendError(f"token server answer has a bad expires_in: {str(expires)[:40]!r}")
         lifetime = float(expires)

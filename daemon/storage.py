@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import rafs
+from rafs.model import CHUNK_SIZE_MAX
 
 from .backends import make_backend
 from .chunkcache import ChunkCache
-from .fetcher import Fetcher
+from .fetcher import MEM_ENTRY_OVERHEAD, Fetcher
 from .storage_errors import BackendError, StorageError
 
 __all__ = ["BlobStore", "StorageError", "StorageOptions"]
@@ -22,6 +23,7 @@ __all__ = ["BlobStore", "StorageError", "StorageOptions"]
 log = logging.getLogger(__name__)
 
 INLINE_LOCAL_BYTES = 256 << 10  # local chunk data a FUSE-loop read may fetch itself
+INLINE_DISK_BYTES = 1 << 20  # cached chunk data a FUSE-loop read may read and digest-check itself
 MERGE_LIMIT = 1 << 20  # chunks a read needs anyway are fetched in runs of up to this many bytes
 
 
@@ -64,9 +66,14 @@ class BlobStore:
             self.cache = ChunkCache(options.work_dir, image.blobs, options.durable_cache)
         elif options.cache_type not in ("", "dummycache"):
             raise StorageError(f"cache type {options.cache_type!r} is not supported")
+        # room for two of the largest chunks at least: a chunk the LRU cannot hold would be read
+        # (and digest-checked) whole again for every request that touches it
+        largest = max([image.chunk_size, *(b.chunk_size for b in image.blobs)])
         self.fetcher = Fetcher(image, self.backend, self.cache,
                                digest_validate=options.digest_validate,
-                               memory_bytes=options.memory_cache_bytes,
+                               memory_bytes=max(options.memory_cache_bytes,
+                                                2 * (min(largest, CHUNK_SIZE_MAX)
+                                                     + MEM_ENTRY_OVERHEAD)),
                                prepare_index=self._prepare_widening)
         self.prefetcher = None
         self.ci_loaded = False
@@ -139,12 +146,13 @@ class BlobStore:
 
     def can_read_now(self, pieces: Sequence[rafs.ChunkPiece]) -> bool:
         """True when `read(pieces)` cannot wait on the network or on another thread: every chunk
-        is in memory or ready in the disk cache, or comes from local blobs (up to a small size)
-        and nobody is fetching it. The FUSE loop then serves the read itself, saving the hand-off
+        is in memory or ready in the disk cache (up to INLINE_DISK_BYTES, which are read and
+        digest-checked), or comes from local blobs (up to a small size) and nobody is fetching it. The FUSE loop then serves the read itself, saving the hand-off
         to a worker thread."""
         f = self.fetcher
         local = self.backend.kind == "localfs"
         budget = INLINE_LOCAL_BYTES
+        disk_budget = INLINE_DISK_BYTES
         for p in pieces:
             c = p.chunk
             if c is None:
@@ -155,6 +163,9 @@ class BlobStore:
             if key in f.flights:
                 return False
             if self.cache is not None and self.cache.is_ready(c):
+                disk_budget -= c.uncompressed_size  # read and hashed: large ones in a thread
+                if disk_budget < 0:
+                    return False
                 continue
             budget -= c.compressed_size
             if not local or budget < 0:

@@ -19,7 +19,7 @@ from daemon.storage import BlobStore, StorageOptions
 from daemon.storage_errors import BackendError
 from rafs.localblob import walk
 from tests.format.images import real_images
-from tests.mountutil import BlobServerProc
+from tests.mountutil import BlobServerProc, wait_for
 from tests.servers import Registry
 
 IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
@@ -387,6 +387,9 @@ def test_reading_on_inside_a_file_widens_only_to_that_file(tmp_path, version):
 
 
 def test_rejected_bearer_token_is_refreshed_on_401(v5, tmp_path):
+    import time
+
+    from daemon import registry
     from tests.servers import TokenIssuer
 
     _boot, _blob_dir, blob = v5
@@ -406,23 +409,35 @@ def test_rejected_bearer_token_is_refreshed_on_401(v5, tmp_path):
         reg.stop()
         second = TokenIssuer(tmp_path / "tok2", "alice", "s3cret")
         reg = Registry(tmp_path / "reg", token=second, port=reg.port)
-        # eight readers meet the 401 together: one token request serves them all
+        # eight readers meet the 401 together: one token request answers them all, whether the
+        # token server fails (one attempt: a POST, then a GET) or works
         import threading
 
-        got: dict[int, bytes] = {}
-        start = threading.Barrier(8)
+        def readers() -> dict[int, object]:
+            got: dict[int, object] = {}
+            start = threading.Barrier(8)
 
-        def reader(i: int) -> None:
-            start.wait()
-            got[i] = backend.read(blob.name, 100 * i, 100)
+            def reader(i: int) -> None:
+                start.wait()
+                try:
+                    got[i] = backend.read(blob.name, 100 * i, 100)
+                except BackendError as e:
+                    got[i] = e
 
-        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert got == {i: blob.read_bytes()[100 * i:100 * i + 100] for i in range(8)}
-        assert len([r for r in second.requests if r[1].get("scope")]) == 1
+            threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return got
+
+        second.fail = True
+        assert all(isinstance(v, BackendError) for v in readers().values())
+        assert len([r for r in second.requests if r[1].get("scope")]) == 2
+        second.fail = False
+        time.sleep(registry.TOKEN_RETRY_S)  # a failed token request is not retried before
+        assert readers() == {i: blob.read_bytes()[100 * i:100 * i + 100] for i in range(8)}
+        assert len([r for r in second.requests if r[1].get("scope")]) == 3
     finally:
         reg.stop()
         first.stop()
@@ -458,14 +473,15 @@ def test_bearer_token_is_renewed_before_it_expires_and_backs_off_while_renewal_f
         issued = time.monotonic()
         assert tokens() == 1
         time.sleep(2.2)  # past the renewal point, the token still good for 2.8 s at least
-        assert backend.read(blob.name, 100, 100) == data[100:200]
-        assert tokens() == 2, "the token was not renewed before it expired"
+        assert backend.read(blob.name, 100, 100) == data[100:200]  # starts the renewal
+        wait_for(lambda: tokens() == 2, timeout=3, what="the token renewed before it expired")
         renewed = time.monotonic()
         assert renewed - issued < 5
         time.sleep(2.2)
         issuer.fail = True  # the token server goes down: the current token serves on
         with caplog.at_level("WARNING", logger="daemon.registry"):
             assert backend.read(blob.name, 200, 100) == data[200:300]
+            wait_for(lambda: backend.renew_failures == 1, timeout=3, what="a failed renewal")
             failed = tokens()
             assert failed > 2  # it tried
             for _ in range(5):  # and backs off: no attempt per request
@@ -476,8 +492,8 @@ def test_bearer_token_is_renewed_before_it_expires_and_backs_off_while_renewal_f
         issuer.fail = False
         time.sleep(2.1)  # the first backoff is 1-2 s
         assert backend.read(blob.name, 400, 100) == data[400:500]
-        assert tokens() == failed + 1
-        assert backend.renew_failures == 0
+        wait_for(lambda: tokens() == failed + 1 and backend.renew_failures == 0, timeout=3,
+                 what="the renewal after the token server came back")
     finally:
         reg.stop()
         issuer.stop()

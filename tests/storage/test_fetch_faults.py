@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import cachetools
 import pytest
 
 import rafs
@@ -51,8 +52,9 @@ def _local(built: Path, **options) -> BlobStore:
 def test_a_chunk_fetched_again_after_it_landed_is_not_aborted(built):
     """Thread A lands chunk k1 and goes on fetching k2; B starts a new fetch of k1 (the memory
     cache let it go) and C waits for B. A finishing must not fail B's fetch under C."""
-    store = _local(built, cache_type="", amplify_io=0, memory_cache_bytes=1)
+    store = _local(built, cache_type="", amplify_io=0)
     image, fetcher = store.image, store.fetcher
+    fetcher.mem = cachetools.LRUCache(maxsize=1)  # holds nothing: every chunk is let go at once
     chunks = sorted({p.chunk for _p, i in _files(image) for p in image.chunks(i.ino, 0, i.size)
                      if p.chunk}, key=lambda c: c.compressed_offset)
     k1, k2 = chunks[0], chunks[-1]

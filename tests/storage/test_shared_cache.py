@@ -108,9 +108,13 @@ def test_a_running_daemon_survives_a_hostile_image_writing_the_shared_cache(imag
         honest.close()
 
 
-def test_cache_files_reset_under_a_running_daemon_cost_refetches_only(image_dir, tmp_path):
+@pytest.mark.parametrize("shrink", [False, True], ids=["same-size", "smaller"])
+def test_cache_files_reset_under_a_running_daemon_cost_refetches_only(image_dir, tmp_path,
+                                                                      shrink, caplog):
     """What another image claiming another size for the blob does to the files when it opens them:
-    both are truncated and set up again."""
+    both are truncated and set up again, at that size. The running daemon fetches its chunks
+    again, once: they are cached again (a chunk left beyond the smaller end is unmarked, not
+    fetched for ever), and one warning says so."""
     truth = truth_of(image_dir)
     store = _store(image_dir / "bootstrap", image_dir, tmp_path / "cache")
     try:
@@ -119,9 +123,44 @@ def test_cache_files_reset_under_a_running_daemon_cost_refetches_only(image_dir,
         for path in store.cache.underlying_files():
             size = os.path.getsize(path)
             os.truncate(path, 0)
-            os.truncate(path, size)
-        assert _read_all(store) == truth
+            os.truncate(path, size // 2 if shrink else size)
+        with caplog.at_level("WARNING", logger="daemon.fetcher"):
+            assert _read_all(store) == truth
         assert store.backend.stats["read_count"] > fetched  # fetched again, not served as zeros
+        assert len([r for r in caplog.records if "fetching it again" in r.message]) == 1
+        assert store.fetcher.stats["bad_cached"] == 8  # every chunk, counted
+        fetched = store.backend.stats["read_count"]
         assert _read_all(store) == truth
+        assert store.backend.stats["read_count"] == fetched  # cached again
+    finally:
+        store.close()
+
+
+def test_chunks_larger_than_the_memory_cache_are_read_from_disk_once(tmp_path):
+    """16 MiB chunks (the largest) and the default 16 MiB memory LRU: a chunk the LRU cannot
+    hold would be read from the disk cache, and digest-checked, whole for every 1 MiB request."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(3).randbytes(3 << 20) * 12  # 36 MiB: 3 chunks, compressible
+    (src / "big.bin").write_bytes(data)
+    subprocess.run([str(IMAGE_TOOL), "create", "--chunk-size", "0x1000000", "--blob-dir",
+                    str(tmp_path / "blobs"), "--bootstrap", str(tmp_path / "bootstrap"),
+                    str(src)], check=True, capture_output=True)
+    work = tmp_path / "cache"
+    store = _store(tmp_path / "bootstrap", tmp_path, work)
+    ino = store.image.lookup(store.image.root_ino, b"big.bin").ino
+    assert store.read(store.image.chunks(ino, 0, len(data))) == data  # fills the disk cache
+    store.close()
+    store = _store(tmp_path / "bootstrap", tmp_path, work)
+    store.fetcher.mem.clear()
+    try:
+        step = 1 << 20
+        for off in range(0, len(data), step):
+            pieces = store.image.chunks(ino, off, step)
+            if off % (16 << 20) == 0:  # a chunk not in memory: read and checked in a thread
+                assert not store.can_read_now(pieces)
+            assert store.read(pieces) == data[off:off + step]
+        assert store.fetcher.stats["disk_hits"] == 3  # once per chunk, not once per read
+        assert store.backend.stats["read_count"] == 0
     finally:
         store.close()
