@@ -104,6 +104,13 @@ def _str(d: dict, key: str, default: str = "") -> str:
     return v
 
 
+def _strings(d: dict, key: str) -> list[str]:
+    v = d.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"'{key}' must be a list of strings, not {v!r:.60}")
+    return v
+
+
 def _seconds(d: dict, key: str, default: float) -> float:
     v = d.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1 << 31:
@@ -119,7 +126,8 @@ _FIELDS = {
                  "timeout": lambda d, k: _seconds(d, k, 5),
                  "connect_timeout": lambda d, k: _seconds(d, k, 5),
                  "retry_limit": lambda d, k: _int(d, k, 0, 0, 1000),
-                 "blob_url_scheme": _str, "blob_redirected_host": _str},
+                 "blob_url_scheme": _str, "blob_redirected_host": _str,
+                 "ca_cert_files": lambda d, k: _strings(d, k)},
     "localfs": {"dir": _str, "blob_file": _str},
 }
 
@@ -138,8 +146,15 @@ def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
     if kind == "registry":
         proxy = _section(cfg, "proxy")
         _str(proxy, "url")
-        if "fallback" in proxy:
-            _bool(proxy, "fallback", True)
+        _str(proxy, "ping_url")
+        for key in ("fallback", "use_http"):
+            if key in proxy:
+                _bool(proxy, key, True)
+        if "check_interval" in proxy:
+            _seconds(proxy, "check_interval", 5)
+        if cfg.get("blob_url_scheme") not in (None, "", "http", "https"):
+            raise ConfigError(f"'blob_url_scheme' must be http or https, not "
+                              f"{cfg['blob_url_scheme']!r:.40}")
     if kind == "localfs" and not all(isinstance(x, str) for x in cfg.get("alt_dirs") or []):
         raise ConfigError("'alt_dirs' must be a list of strings")
     if kind == "registry" and (not cfg.get("host") or not cfg.get("repo")):

@@ -6,9 +6,11 @@ import json
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 import urllib.parse
+import warnings
 
 from .backends import (
     DEFAULT_RETRIES,
@@ -48,12 +50,24 @@ class RegistryBackend(Backend):
         token = config.get("registry_token")
         self.auth_header: str | None = f"Bearer {token}" if token else None
         self.verify = not config.get("skip_verify", False)
+        if not self.verify and scheme == "https":
+            log.warning("skip_verify: the registry's TLS certificate is not checked")
+            warnings.filterwarnings("ignore", message="Unverified HTTPS request")  # said once
         connect, total = config.get("connect_timeout", 5), config.get("timeout", 5)
         self.timeout = (connect or None, total or None)
         self.retries = max(int(config.get("retry_limit", 0) or 0), DEFAULT_RETRIES)
         proxy = config.get("proxy") or {}
         self.proxy_url = proxy.get("url") or None
         self.proxy_fallback = proxy.get("fallback", True)
+        self.proxy_ping = proxy.get("ping_url") or None
+        self.proxy_check_s = float(proxy.get("check_interval", 5) or 5)
+        self.proxy_use_http = bool(proxy.get("use_http", False))
+        self.proxy_down_until = 0.0  # after a proxy failure, requests go direct until then
+        self.proxy_healthy = True  # (for logging each outage once)
+        self.pinging = False  # a thread pings ping_url
+        self.redirect_scheme = config.get("blob_url_scheme") or ""
+        self.redirect_host = config.get("blob_redirected_host") or ""
+        self.ssl_context = _ssl_context(config.get("ca_cert_files") or [])
         self.redirects: dict[str, str] = {}
         self.local = threading.local()
         self.auth_lock = threading.Lock()
@@ -73,6 +87,8 @@ class RegistryBackend(Backend):
             s = requests.Session()
             s.headers["User-Agent"] = USER_AGENT
             s.trust_env = False
+            if self.ssl_context is not None and self.verify:
+                s.mount("https://", _TlsAdapter(self.ssl_context))
             self.local.session = s
         return s
 
@@ -124,7 +140,7 @@ class RegistryBackend(Backend):
                 hdrs["Authorization"] = self.auth_header
                 r = self._via_proxy_or_direct(url, hdrs)
             if r.status_code in (301, 302, 303, 307, 308) and "Location" in r.headers:
-                url = urllib.parse.urljoin(url, r.headers["Location"])
+                url = self._redirect_target(urllib.parse.urljoin(url, r.headers["Location"]))
                 r.close()
                 self.redirects[blob_id] = url
                 continue
@@ -136,21 +152,76 @@ class RegistryBackend(Backend):
         self.redirects.pop(blob_id, None)  # start over at the registry next time
         raise BackendError(f"too many redirects for blob {blob_id}")
 
+    def _redirect_target(self, url: str) -> str:
+        """A redirect's target, with `blob_redirected_host` and `blob_url_scheme` applied (a
+        storage endpoint closer to the node, or a scheme a middlebox wants)."""
+        if not (self.redirect_host or self.redirect_scheme):
+            return url
+        parts = urllib.parse.urlsplit(url)
+        return urllib.parse.urlunsplit(parts._replace(
+            scheme=self.redirect_scheme or parts.scheme,
+            netloc=self.redirect_host or parts.netloc))
+
     def _via_proxy_or_direct(self, url: str, headers: dict):
-        if self.proxy_url:
+        """Through the proxy when one is set and healthy, else (with `fallback`) straight to the
+        origin. A proxy that failed (no connection, a timeout, a 5xx) is skipped for
+        `check_interval` seconds, so that a dead proxy costs one request a timeout per interval,
+        not every request; with `ping_url`, it is used again only once a ping answers."""
+        if self.proxy_url and (not self.proxy_fallback or time.monotonic() >= self.proxy_down_until):
+            via = url
+            if self.proxy_use_http and via.startswith("https://"):
+                via = "http://" + via[len("https://"):]
             try:
-                r = self._get(url, headers, proxy=True)
+                r = self._get(via, headers, proxy=True)
                 if r.status_code < 500:
+                    if not self.proxy_healthy:
+                        self.proxy_healthy = True
+                        log.info("proxy %s answers again", no_userinfo(self.proxy_url))
                     return r
                 r.close()
-                if not self.proxy_fallback:
-                    raise TemporaryBackendError(f"proxy answered {r.status_code}")
+                raise TemporaryBackendError(f"proxy answered {r.status_code}")
             except TemporaryBackendError as e:
                 if not self.proxy_fallback:
                     raise
-                log.warning("proxy %s failed (%s); going to the registry directly",
-                            no_userinfo(self.proxy_url), e)
+                self._proxy_failed(e)
         return self._get(url, headers, proxy=False)
+
+    def _proxy_failed(self, error: BackendError) -> None:
+        self.proxy_down_until = time.monotonic() + (
+            float("inf") if self.proxy_ping else self.proxy_check_s)
+        if self.proxy_healthy:
+            self.proxy_healthy = False
+            log.warning("proxy %s failed (%s): going to the registry directly, trying the proxy "
+                        "again %s", no_userinfo(self.proxy_url), error,
+                        "once its ping_url answers" if self.proxy_ping
+                        else f"every {self.proxy_check_s:g} s")
+        if self.proxy_ping and not self.pinging:
+            self.pinging = True
+            try:
+                threading.Thread(target=self._ping_proxy, daemon=True, name="proxy-ping").start()
+            except RuntimeError:  # no thread: try the proxy itself again after the interval
+                self.pinging = False
+                self.proxy_down_until = time.monotonic() + self.proxy_check_s
+
+    def _ping_proxy(self) -> None:
+        """Keep the proxy marked down until its ping_url answers (below 500), asking every
+        check_interval seconds."""
+        import requests
+
+        try:
+            while True:
+                time.sleep(self.proxy_check_s)
+                try:
+                    r = self._session().get(self.proxy_ping, timeout=self.timeout,
+                                            verify=self.verify)
+                    r.close()
+                    if r.status_code < 500:
+                        self.proxy_down_until = 0.0
+                        return
+                except (requests.RequestException, ValueError):
+                    pass
+        finally:
+            self.pinging = False
 
     # -- authentication -----------------------------------------------------------------------
 
@@ -264,6 +335,48 @@ class RegistryBackend(Backend):
         self.renew_at = (time.monotonic() + lifetime * random.uniform(*RENEW_AT)
                          if lifetime >= RENEW_MIN_LIFETIME else float("inf"))
         return token
+
+
+def _ssl_context(ca_files: list[str]) -> ssl.SSLContext | None:
+    """The default trust store plus the PEM files of `ca_cert_files` (a private registry's CA);
+    None when there are none. A missing or unreadable file fails the start, by name."""
+    if not ca_files:
+        return None
+    ctx = ssl.create_default_context()
+    try:
+        import certifi
+
+        ctx.load_verify_locations(certifi.where())  # what requests trusts by default
+    except ImportError:
+        pass
+    for path in ca_files:
+        try:
+            ctx.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as e:
+            raise BackendError(f"ca_cert_files: cannot load {path}: {e}") from None
+    return ctx
+
+
+def _tls_adapter_class():
+    import requests.adapters
+
+    class TlsAdapter(requests.adapters.HTTPAdapter):
+        """Verifies servers against the given SSLContext's trust store."""
+
+        def __init__(self, context: ssl.SSLContext) -> None:
+            self.context = context
+            super().__init__()
+
+        def init_poolmanager(self, *args, **kwargs):
+            kwargs["ssl_context"] = self.context
+            return super().init_poolmanager(*args, **kwargs)
+
+
+    return TlsAdapter
+
+
+def _TlsAdapter(context: ssl.SSLContext):  # noqa: N802 - built on first use: requests loads lazily
+    return _tls_adapter_class()(context)
 
 
 def _content_range(value: str) -> tuple[int, int] | None:

@@ -109,18 +109,23 @@ class Registry:
     """docker-registry (distribution 2.x) with filesystem storage; optional htpasswd basic auth."""
 
     def __init__(self, root: Path, user: str | None = None, password: str | None = None,
-                 token: TokenIssuer | None = None, port: int | None = None) -> None:
+                 token: TokenIssuer | None = None, port: int | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (CA certificate, server certificate, server key) to serve HTTPS with."""
         if not shutil.which("docker-registry"):
             pytest.skip("Debian's docker-registry is not installed")
         root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify = str(tls[0]) if tls else True
         self.auth = (user, password) if user else None
         cfg = [
             "version: 0.1", "log:", "  level: error", "storage:", "  filesystem:",
             f"    rootdirectory: {root}/data", "  delete:", "    enabled: true", "http:",
             f"  addr: 127.0.0.1:{self.port}",
         ]
+        if tls:
+            cfg += ["  tls:", f"    certificate: {tls[1]}", f"    key: {tls[2]}"]
         if token:
             cfg += ["auth:", "  token:", f"    realm: {token.url}/token",
                     f"    service: {token.service}", f"    issuer: {token.issuer}",
@@ -138,7 +143,7 @@ class Registry:
 
     def _up(self) -> bool:
         try:
-            requests.get(self.url + "/v2/", timeout=0.5)
+            requests.get(self.url + "/v2/", timeout=0.5, verify=self.verify)
             return True
         except requests.RequestException:
             return False
@@ -148,13 +153,14 @@ class Registry:
         digest = hashlib.sha256(data).hexdigest()
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         r = requests.post(f"{self.url}/v2/{repo}/blobs/uploads/", auth=self.auth, timeout=10,
-                          headers=headers)
+                          headers=headers, verify=self.verify)
         assert r.status_code == 202, r.text
         loc = r.headers["Location"]
         loc = loc if loc.startswith("http") else self.url + loc
         sep = "&" if "?" in loc else "?"
         r = requests.put(f"{loc}{sep}digest=sha256:{digest}", data=data, auth=self.auth, timeout=30,
-                         headers={"Content-Type": "application/octet-stream", **headers})
+                         headers={"Content-Type": "application/octet-stream", **headers},
+                         verify=self.verify)
         assert r.status_code == 201, r.text
         return digest
 
@@ -205,3 +211,19 @@ class ScriptedServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def make_tls(root: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate it signed for 127.0.0.1: (ca.pem, server.pem, server.key)."""
+    root.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = root / "ca.pem", root / "ca.key"
+    cert, key, csr, ext = root / "server.pem", root / "server.key", root / "server.csr", root / "ext"
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+        "-out", str(ca), "-days", "1", "-subj", "/CN=pynydusd test CA")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=127.0.0.1")
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))
+    return ca, cert, key

@@ -497,3 +497,26 @@ def test_bearer_token_is_renewed_before_it_expires_and_backs_off_while_renewal_f
     finally:
         reg.stop()
         issuer.stop()
+
+
+def test_a_registry_with_a_private_ca_is_trusted_through_ca_cert_files(v5, tmp_path):
+    from tests.servers import make_tls
+
+    _boot, _blob_dir, blob = v5
+    data = blob.read_bytes()
+    ca, cert, key = make_tls(tmp_path / "tls")
+    reg = Registry(tmp_path / "reg", tls=(ca, cert, key))
+    try:
+        reg.push_blob("private/img", data)
+        cfg = {"scheme": "https", "host": f"127.0.0.1:{reg.port}", "repo": "private/img",
+               "retry_limit": 0}
+        with pytest.raises(BackendError, match="CERTIFICATE_VERIFY_FAILED|certificate verify"):
+            make_backend("registry", cfg).read(blob.name, 0, 100)  # an unknown CA: refused
+        trusted = make_backend("registry", cfg | {"ca_cert_files": [str(ca)]})
+        assert trusted.read(blob.name, 10, 1000) == data[10:1010]
+        assert make_backend("registry", cfg | {"skip_verify": True}).read(blob.name, 0, 10) \
+            == data[:10]
+        with pytest.raises(BackendError, match="ca_cert_files.*nope.pem"):
+            make_backend("registry", cfg | {"ca_cert_files": [str(tmp_path / "nope.pem")]})
+    finally:
+        reg.stop()

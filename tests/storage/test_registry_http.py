@@ -97,3 +97,73 @@ def test_proxy_failure_falls_back_to_the_registry():
     finally:
         proxy.stop()
         reg.stop()
+
+
+def test_redirect_targets_get_the_configured_host_and_scheme():
+    storage = ScriptedServer(ranged)
+    reg = ScriptedServer(lambda h: (307, {"Location": "https://storage.invalid:1/blob?sig=x"}, b""))
+    try:
+        backend = registry_for(reg, blob_redirected_host=f"127.0.0.1:{storage.port}",
+                               blob_url_scheme="http")
+        assert backend.read(BLOB_ID, 100, 50) == BLOB[100:150]
+        assert [s[1] for s in storage.seen] == ["/blob?sig=x"]
+    finally:
+        storage.stop()
+        reg.stop()
+
+
+def test_a_failed_proxy_is_skipped_until_check_interval_passes():
+    import time
+
+    proxy = ScriptedServer(lambda h: (502, {}, b"bad gateway"))
+    reg = ScriptedServer(ranged)
+    try:
+        backend = registry_for(reg, proxy={"url": proxy.url, "check_interval": 1})
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+        assert len(proxy.seen) == 1
+        for i in range(5):  # direct, without asking the proxy first
+            assert backend.read(BLOB_ID, i, 10) == BLOB[i:i + 10]
+        assert len(proxy.seen) == 1
+        time.sleep(1.1)
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+        assert len(proxy.seen) == 2  # tried again after the interval
+    finally:
+        proxy.stop()
+        reg.stop()
+
+
+def test_a_proxy_with_a_ping_url_is_used_again_once_the_ping_answers():
+    import time
+
+    state = {"up": False}
+    proxy = ScriptedServer(lambda h: (200, {}, b"pong") if h.path == "/ping" else (
+        ranged(h) if state["up"] else (503, {}, b"")))
+    reg = ScriptedServer(ranged)
+    try:
+        backend = registry_for(reg, proxy={"url": proxy.url, "ping_url": proxy.url + "/ping",
+                                           "check_interval": 0.2})
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]  # proxy 503: direct
+        state["up"] = True  # (the ping answers all along; the proxy works from now on)
+        deadline = time.monotonic() + 5
+        while backend.proxy_down_until != 0.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proxied = len([s for s in proxy.seen if s[1] != "/ping"])
+        assert backend.read(BLOB_ID, 20, 10) == BLOB[20:30]
+        assert len([s for s in proxy.seen if s[1] != "/ping"]) == proxied + 1
+        assert any(s[1] == "/ping" for s in proxy.seen)
+    finally:
+        proxy.stop()
+        reg.stop()
+
+
+def test_use_http_sends_https_requests_to_the_proxy_as_plain_http():
+    proxy = ScriptedServer(ranged)
+    try:
+        backend = make_backend("registry", {"scheme": "https", "host": "registry.invalid",
+                                            "repo": "lib/img", "retry_limit": 0,
+                                            "proxy": {"url": proxy.url, "use_http": True,
+                                                      "fallback": False}})
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+        assert proxy.seen[0][1].startswith("http://registry.invalid/v2/lib/img/blobs/sha256:")
+    finally:
+        proxy.stop()
