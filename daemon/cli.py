@@ -49,7 +49,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("-l", "--log-level", default="info",
                    choices=["trace", "debug", "info", "warn", "error"])
     p.add_argument("-L", "--log-file", help="log to this file instead of stderr")
-    p.add_argument("--log-rotation-size", type=int, default=0, help="accepted; rotation is not done")
+    p.add_argument("--log-rotation-size", type=int, default=0, metavar="MIB",
+                   help="rotate --log-file at this size; the 10 newest rotated files are kept, "
+                        "gzip-compressed (default 0: no rotation)")
     p.add_argument("-A", "--apisock", help="Unix socket for the HTTP API")
     p.add_argument("--id", help="daemon id (needs --supervisor)")
     p.add_argument("-S", "--supervisor",
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from . import logs
 
-        logs.setup(args.log_level, args.log_file)
+        logs.setup(args.log_level, args.log_file, args.log_rotation_size)
         from .service import Daemon
 
         daemon = Daemon(args, make_config(args), stop)

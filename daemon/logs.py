@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import collections
 import email.utils
+import gzip
 import logging
+import logging.handlers
+import os
+import shutil
 import sys
+import threading
 import time
 
 LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
@@ -62,12 +67,65 @@ class ErrorRing(logging.Handler):
 ERRORS = ErrorRing()
 
 
-def setup(level: str = "info", log_file: str | None = None) -> None:
-    """Send all logs to stderr (or a file, in append mode) at `level`."""
+class RotatingLog(logging.handlers.RotatingFileHandler):
+    """nydusd's --log-rotation-size: once the file reaches the size, it is renamed with a
+    timestamp in its name and gzip-compressed (in a thread of its own, so that no logging call
+    waits for it), and only the KEEP newest rotated files are kept."""
+
+    KEEP = 10
+
+    def __init__(self, path: str, max_bytes: int) -> None:
+        super().__init__(path, mode="a", maxBytes=max_bytes, backupCount=0, delay=False)
+        self.compressing = threading.Lock()
+
+    def doRollover(self) -> None:  # noqa: N802 - logging's name
+        if self.stream:
+            self.stream.close()
+            self.stream = None  # type: ignore[assignment]
+        stem, ext = os.path.splitext(self.baseFilename)
+        while True:  # names sort in the order of rotations
+            now = time.time()
+            rotated = (f"{stem}_r{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(now))}"
+                       f"-{int(now % 1 * 1e6):06d}{ext}")
+            if not (os.path.exists(rotated) or os.path.exists(rotated + ".gz")):
+                break
+            time.sleep(1e-6)
+        try:
+            os.rename(self.baseFilename, rotated)
+        except OSError:
+            rotated = ""
+        self.stream = self._open()
+        if rotated:
+            threading.Thread(target=self._compress, args=(rotated, stem, ext), daemon=True,
+                             name="log-rotation").start()
+
+    def _compress(self, rotated: str, stem: str, ext: str) -> None:
+        with self.compressing:
+            try:
+                with open(rotated, "rb") as src, gzip.open(rotated + ".gz", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.unlink(rotated)
+            except OSError:
+                return
+            prefix = os.path.basename(stem) + "_r"
+            folder = os.path.dirname(self.baseFilename)
+            old = sorted(e.path for e in os.scandir(folder)
+                         if e.name.startswith(prefix) and e.name.endswith(ext + ".gz"))
+            for path in old[:-self.KEEP]:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def setup(level: str = "info", log_file: str | None = None, rotation_mib: int = 0) -> None:
+    """Send all logs to stderr (or a file, in append mode, rotated at `rotation_mib` MiB when
+    that is set) at `level`."""
     if log_file:
         if "." not in log_file.rsplit("/", 1)[-1]:
             log_file += ".log"
-        h: logging.Handler = logging.FileHandler(log_file, mode="a")
+        h: logging.Handler = (RotatingLog(log_file, rotation_mib << 20) if rotation_mib > 0
+                              else logging.FileHandler(log_file, mode="a"))
     else:
         h = logging.StreamHandler(sys.stderr)
     h.setFormatter(NydusFormatter())
