@@ -174,6 +174,9 @@ def _cache(kind: str, cfg: dict, opts: StorageOptions) -> None:
     if kind == "fscache":
         raise ConfigError("cache type 'fscache' is for the kernel fscache mode, not FUSE")
     opts.cache_type = kind
+    if kind in ("blobcache", "filecache") and _bool(cfg, "enable_encryption", False):
+        raise ConfigError("'enable_encryption': pynydusd cannot encrypt its cache, and will not "
+                          "keep image data unencrypted when the config asks for encryption")
     if kind in ("blobcache", "filecache"):
         work_dir = _str(cfg, "work_dir", ".")
         if not work_dir:

@@ -198,3 +198,15 @@ def test_file_records_are_read_from_v1_top_level_and_v2_rafs():
     assert v2.redacted()["rafs"]["iostats_files"] is True
     with pytest.raises(ConfigError, match="access_pattern"):
         parse_config_text(V2_LOCALFS + '[rafs]\naccess_pattern = "yes"\n')
+
+
+def test_cache_encryption_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="enable_encryption"):
+        parse_config_text(V2_LOCALFS + "[cache.filecache]\nwork_dir = \"/x\"\n"
+                          "enable_encryption = true\n")
+    v1 = json.loads(json.dumps(SEALER_JSON))
+    v1["device"]["cache"]["config"]["enable_encryption"] = True
+    with pytest.raises(ConfigError, match="enable_encryption"):
+        parse_config_text(json.dumps(v1))
+    v1["device"]["cache"]["config"]["enable_encryption"] = False
+    assert parse_config_text(json.dumps(v1)).storage.cache_type == "blobcache"
