@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import socketserver
 import threading
 import time
@@ -103,6 +104,8 @@ def process_metrics() -> list[tuple[str, str, float]]:
 
 MAX_BODY = 64 << 10  # the largest request body the API takes (a log level, a config)
 MAX_CLIENTS = 32  # connections served at once; more are answered 503 and closed
+REFUSE_DRAIN_S = 1.0  # how long a refused client's request is read before the close
+MAX_REFUSING = 8  # refused clients read at once (each holds an fd); more are hung up on at once
 IDLE_S = 10.0  # a connection that sends nothing for this long is closed
 _NO_BODY = object()  # _json_body: the request was answered already
 CONTROLS = {"/api/v1/daemon/fuse/sendfd": "sendfd", "/api/v1/daemon/fuse/takeover": "takeover",
@@ -236,7 +239,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/v1/metrics/files":  # latest=true: the files read since the last call
             stats = st.ops.file_stats or FileStats()
             latest = query.get("latest", ["false"])[-1].lower() == "true"
-            return self._send(200, stats.drain_latest() if latest else stats.files())
+            if latest:
+                return self._send(200, stats.drain_latest())
+            # tens of MB for a large image: encoded by the pure-Python encoder, which lets the
+            # FUSE loop run between its steps (the C one would hold the GIL throughout)
+            return self._send(200, "".join(json.JSONEncoder().iterencode(stats.files())))
         self._send(200, self._gets()[path]())
 
     def _length(self) -> int | None:
@@ -331,27 +338,51 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, *args) -> None:
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.refusers = threading.BoundedSemaphore(MAX_REFUSING)  # 503s being answered
         super().__init__(*args)
 
     def process_request(self, request, client_address) -> None:
         if not self.slots.acquire(blocking=False):  # full: say so and hang up, keep the fds
-            try:
-                request.settimeout(1.0)
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nServer: Nydus API\r\n"
-                                b"Content-Type: application/json\r\nContent-Length: 54\r\n"
-                                b"Connection: close\r\n\r\n"
-                                b'{"code": "UNDEFINED", "message": "too many clients"}  ')
-                request.setblocking(False)  # take what it sent: closing a socket with unread
-                request.recv(MAX_BODY)  # data resets it, and the client sees an error, not the 503
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            if self.refusers.acquire(blocking=False):
+                try:
+                    threading.Thread(target=self._refuse, args=(request,), daemon=True,
+                                     name="api-refuse").start()
+                    return
+                except RuntimeError:
+                    self.refusers.release()
+            self._refuse(request, drain_s=0.0)  # refusing too many already: hang up now
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.slots.release()
             raise
+
+    def _refuse(self, request, drain_s: float = REFUSE_DRAIN_S) -> None:
+        """Answer 503 and close. What the client sends meanwhile is read first (for at most
+        drain_s): closing a socket with unread data resets it, and the client would see an error
+        instead of the 503."""
+        try:
+            request.settimeout(1.0)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nServer: Nydus API\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: 54\r\n"
+                            b"Connection: close\r\n\r\n"
+                            b'{"code": "UNDEFINED", "message": "too many clients"}  ')
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + drain_s
+            taken = 0
+            while taken < MAX_BODY and (left := deadline - time.monotonic()) > 0:
+                request.settimeout(left)
+                chunk = request.recv(MAX_BODY)
+                if not chunk:
+                    break
+                taken += len(chunk)
+        except OSError:
+            pass
+        finally:
+            if drain_s:
+                self.refusers.release()
+            request.close()
 
     def process_request_thread(self, request, client_address) -> None:
         try:

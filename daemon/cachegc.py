@@ -11,8 +11,10 @@ anything else in the directory is left alone.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,18 +43,39 @@ def cache_root(work_dir: str) -> str:
     return os.path.join(work_dir, SUBDIR)
 
 
-def _locked(path: str, exclusive: bool) -> int | None:
-    """An fd of `path` holding the lock, or None when a daemon holds it (or it is gone)."""
+def _open_regular(path: str, create: bool = False) -> int | None:
+    """An fd of the regular file `path` (never through a symlink, never blocking on a FIFO), or
+    None when it is missing or is something else."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, flags | (os.O_CREAT if create else 0), 0o600)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symlink
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _locked(path: str, create: bool = False) -> int | None:
+    """An fd of `path` holding the exclusive lock, or None when a daemon holds it (or it is
+    missing, or not a regular file)."""
+    fd = _open_regular(path, create)
+    if fd is None:
         return None
     try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd
     except BlockingIOError:
         os.close(fd)
         return None
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _ids(root: str) -> list[str]:
@@ -70,28 +93,33 @@ def scan(work_dir: str) -> list[CachedBlob]:
     out = []
     for blob_id in _ids(root):
         base = os.path.join(root, blob_id)
-        disk, last, chunks, ready = 0, 0.0, 0, 0
+        disk, last, chunks, ready, in_use = 0, 0.0, 0, 0, False
         for ext in (".data", ".ready"):
             try:
-                st = os.stat(base + ext)
+                st = os.lstat(base + ext)
             except FileNotFoundError:
                 continue
-            disk += st.st_blocks * 512
-            if ext == ".ready":
-                last = st.st_mtime
-        fd = _locked(base + ".ready", exclusive=True)
-        in_use = fd is None and os.path.exists(base + ".ready")
-        if fd is not None:
-            os.close(fd)
+            if stat.S_ISREG(st.st_mode):  # links and the like are not ours: not counted
+                disk += st.st_blocks * 512
+                if ext == ".ready":
+                    last = st.st_mtime
         try:
-            with open(base + ".ready", "rb") as f:
-                head = f.read(HEADER_SIZE)
+            fd = _open_regular(base + ".ready")
+        except OSError:  # unreadable (not ours to judge): counted as in use, so never removed
+            fd, in_use = None, True
+        if fd is not None:
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    in_use = True
+                head = os.pread(fd, HEADER_SIZE, 0)
                 if head[:16] == MAGIC and len(head) == HEADER_SIZE:
                     chunks = int.from_bytes(head[16:20], "little")
-                    table = f.read(chunks)
+                    table = os.pread(fd, chunks, HEADER_SIZE)
                     ready = len(table) - table.count(0)
-        except FileNotFoundError:
-            pass
+            finally:
+                os.close(fd)
         out.append(CachedBlob(blob_id, disk, chunks, ready, last, in_use))
     return sorted(out, key=lambda b: (b.last_used, b.blob_id))
 
@@ -101,15 +129,11 @@ def remove(work_dir: str, blob_id: str) -> bool:
     if not is_valid_blob_id(blob_id):
         raise ValueError(f"not a blob id: {blob_id[:80]!r}")
     base = os.path.join(cache_root(work_dir), blob_id)
-    fd = _locked(base + ".ready", exclusive=True)
+    # (a .data without its .ready gets one here, so that a daemon opening the pair meanwhile
+    # waits for the lock and then finds both unlinked)
+    fd = _locked(base + ".ready", create=os.path.lexists(base + ".data"))
     if fd is None:
-        if os.path.exists(base + ".ready"):
-            return False  # in use
-        try:  # a data file without its .ready: no daemon can be using it
-            os.unlink(base + ".data")
-            return True
-        except FileNotFoundError:
-            return False
+        return False  # in use, or not files of ours
     try:
         for ext in (".data", ".ready"):
             try:
@@ -122,11 +146,13 @@ def remove(work_dir: str, blob_id: str) -> bool:
 
 
 def collect(work_dir: str, keep: Iterable[str] = (), unused_for_s: float | None = None,
-            max_bytes: int | None = None, dry_run: bool = False) -> list[CachedBlob]:
+            max_bytes: int | None = None, dry_run: bool = False,
+            errors: list[str] | None = None) -> list[CachedBlob]:
     """Remove cached blobs that no daemon uses and `keep` does not name: with `unused_for_s`,
     only those unused for that long; with `max_bytes`, only as many as it takes (least recently
     used first) to bring the cache down to that size. Returns what was (or, with dry_run, would
-    be) removed."""
+    be) removed; a blob that cannot be removed (a read-only disk, no permission) is skipped and
+    said in `errors`."""
     keep = set(keep)
     blobs = scan(work_dir)
     total = sum(b.disk_bytes for b in blobs)
@@ -139,7 +165,13 @@ def collect(work_dir: str, keep: Iterable[str] = (), unused_for_s: float | None 
             continue
         if unused_for_s is not None and now - b.last_used < unused_for_s:
             continue
-        if dry_run or remove(work_dir, b.blob_id):
+        try:
+            gone = dry_run or remove(work_dir, b.blob_id)
+        except OSError as e:
+            if errors is not None:
+                errors.append(f"{b.blob_id}: {e.strerror or e}")
+            continue
+        if gone:
             removed.append(b)
             total -= b.disk_bytes
     return removed

@@ -30,6 +30,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -47,6 +48,7 @@ COMMIT_S = 1.0  # the committer's period
 COMMIT_CHUNKS = 256  # written chunks that wake it sooner
 LOCK_WAIT_S = 2.0  # how long opening a blob's files waits for a gc removing them
 OPEN_ATTEMPTS = 3
+TOUCH_S = 3600.0  # a running daemon marks its blobs used this often (and at close)
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -91,11 +93,14 @@ class BlobCacheFile:
         """Open (creating) both files and take the shared lock on .ready that tells
         `pynydusd-cache gc` they are in use. gc removes a pair under the exclusive lock, so files
         opened just before it did are found unlinked once the lock is ours: open them afresh."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         for _attempt in range(OPEN_ATTEMPTS):
             self.close()
             self.data_fd = os.open(base + ".data", flags, 0o600)
             self.ready_fd = os.open(base + ".ready", flags, 0o600)
+            for fd, ext in ((self.data_fd, ".data"), (self.ready_fd, ".ready")):
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a symlink fails the open)
+                    raise OSError(errno.EINVAL, f"{base}{ext} is not a regular file")
             deadline = time.monotonic() + LOCK_WAIT_S
             while True:
                 try:
@@ -220,6 +225,14 @@ class BlobCacheFile:
     def ready_count(self) -> int:
         return 0 if self.broken else self.count - self.ready.count(0)
 
+    def touch(self) -> None:
+        """Mark the blob as used now (the .ready file's mtime; see daemon.cachegc)."""
+        if self.ready_fd >= 0:
+            try:
+                os.utime(self.ready_fd)
+            except OSError:
+                pass
+
     def close(self) -> None:
         for fd in (self.data_fd, self.ready_fd):
             if fd >= 0:
@@ -227,18 +240,33 @@ class BlobCacheFile:
         self.data_fd = self.ready_fd = -1
 
 
+def _private_dir(path: str) -> None:
+    """Create `path` (mode 0700) or check that it is a directory of ours that nobody else can
+    write to: other users could plant files or links in it. Raises OSError otherwise."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{path} must be a directory of uid {os.geteuid()} that no "
+                                   "one else can write to")
+
+
 class ChunkCache:
     """All blob cache files of one image in `<work_dir>/pynydusd/`."""
 
     def __init__(self, work_dir: str, blobs: list[BlobInfo], durable: bool = False) -> None:
         self.root = os.path.join(work_dir, "pynydusd")
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.files: dict[int, BlobCacheFile] = {}
         self.lock = threading.Lock()
         self.durable = durable
         self.wake = threading.Event()
         self.closing = False
         self.committer: threading.Thread | None = None
+        try:
+            _private_dir(self.root)
+        except OSError as e:
+            log.warning("cannot use the cache directory %s (%s): caching in memory only",
+                        self.root, e.strerror or e)
+            blobs = []
         for blob in blobs:
             if not (blob.chunk_count and blob.uncompressed_size and is_valid_blob_id(blob.blob_id)):
                 log.info("blob %d (%s) has no chunk count or size: cached in memory only",
@@ -281,11 +309,21 @@ class ChunkCache:
         return True
 
     def _commit_loop(self) -> None:
+        touched = time.monotonic()
         while not self.closing:
             self.wake.wait(COMMIT_S)
             self.wake.clear()
             if not self.closing:
                 self.commit()
+                if time.monotonic() - touched > TOUCH_S:  # still in use: say so to gc
+                    touched = time.monotonic()
+                    self.touch()
+
+    def touch(self) -> None:
+        """Mark every blob of the image as used now."""
+        with self.lock:
+            for f in self.files.values():
+                f.touch()
 
     def forget(self, chunk: ChunkInfo) -> None:
         f = self.files.get(chunk.blob_index)
@@ -318,6 +356,7 @@ class ChunkCache:
         if self.committer is not None:
             self.committer.join()
         self.commit()
+        self.touch()  # its last use is now, not when it was opened
         with self.lock:
             for f in self.files.values():
                 f.close()

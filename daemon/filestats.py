@@ -16,6 +16,7 @@ FOPS = ("getattr", "readlink", "open", "release", "read", "statfs", "getxattr", 
 _FOP_INDEX = {name: i for i, name in enumerate(FOPS)}
 _READ = _FOP_INDEX["read"]
 FUSE_ROOT = 1  # the kernel's root inode number
+EXPORT_BATCH = 1000  # counters copied per hold of the lock
 
 
 def fuse_ino(image_ino: int, root: int) -> int:
@@ -81,12 +82,19 @@ class FileStats:
 
     def files(self) -> dict[str, dict]:
         """nydusd's /api/v1/metrics/files: per-inode counters keyed by inode number (empty
-        unless iostats_files is on)."""
+        unless iostats_files is on). Copied a batch at a time, so that the FUSE loop recording
+        operations never waits long for the lock."""
         with self.lock:
-            return {str(ino): {**c, "block_count_read": list(c["block_count_read"]),
-                               "fop_hits": list(c["fop_hits"]),
-                               "fop_errors": list(c["fop_errors"])}
-                    for ino, c in sorted(self.counters.items())}
+            inos = sorted(self.counters)
+        out = {}
+        for start in range(0, len(inos), EXPORT_BATCH):
+            with self.lock:
+                for ino in inos[start:start + EXPORT_BATCH]:
+                    c = self.counters[ino]
+                    out[str(ino)] = {**c, "block_count_read": list(c["block_count_read"]),
+                                     "fop_hits": list(c["fop_hits"]),
+                                     "fop_errors": list(c["fop_errors"])}
+        return out
 
     def drain_latest(self) -> list[list[int]]:
         """nydusd's /api/v1/metrics/files?latest=true: the inodes read since the last call, as

@@ -213,7 +213,9 @@ class RafsOperations(pyfuse3.Operations):
 
     @handler("release")
     async def release(self, fh):
-        self.nr_opens -= 1  # nydusd's nr_opens: files open now
+        # nydusd's nr_opens: files open now (not below 0: after a takeover, files the old daemon
+        # opened are released here)
+        self.nr_opens = max(self.nr_opens - 1, 0)
         return None
 
     @handler("read")
@@ -296,7 +298,7 @@ class RafsOperations(pyfuse3.Operations):
         return {"files_account_enabled": fs.iostats_files, "access_pattern_enabled": fs.access_pattern,
                 "record_latest_read_files_enabled": fs.latest_read_files, "measure_latency": True,
                 "id": "/",
-                "nr_opens": max(self.nr_opens, 0),  # files opened before a takeover close here
+                "nr_opens": self.nr_opens,
                 "data_read": self.data_read,
                 "block_count_read": list(self.read_sizes),
                 "fop_hits": [self.hits[f] for f in FOPS],

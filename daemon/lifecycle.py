@@ -54,6 +54,8 @@ def set_readahead(conn_id: int, kb: int, initialized: threading.Event,
     does not last; it is written until it stays. False, and the kernel's default kept, when sysfs
     refuses or INIT does not come."""
     path = f"/sys/class/bdi/{conn_id >> 20}:{conn_id & 0xFFFFF}/read_ahead_kb"
+    page_kb = os.sysconf("SC_PAGE_SIZE") >> 10
+    kb -= kb % page_kb  # the kernel keeps whole pages
     deadline = time.monotonic() + timeout
     if not initialized.wait(timeout):
         return False

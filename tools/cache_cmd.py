@@ -78,6 +78,14 @@ def _row(b: cachegc.CachedBlob) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the pynydusd-cache console script."""
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except OSError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         blobs = cachegc.scan(args.work_dir)
         if args.json:
@@ -95,12 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, rafs.RafsError) as e:
             print(f"Error: cannot read {bootstrap}: {e}", file=sys.stderr)
             return 1
-    removed = cachegc.collect(args.work_dir, keep, args.unused_for, args.max_size, args.dry_run)
+    errors: list[str] = []
+    removed = cachegc.collect(args.work_dir, keep, args.unused_for, args.max_size, args.dry_run,
+                              errors)
     verb = "would remove" if args.dry_run else "removed"
     for b in removed:
         print(f"{verb} {_row(b)}")
     print(f"{verb} {len(removed)} blobs, {human(sum(b.disk_bytes for b in removed))}")
-    return 0
+    for e in errors:
+        print(f"Error: cannot remove {e}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ per line, for `pynydusd --prefetch-files` or `pynydus-image create --prefetch-po
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import sys
 from pathlib import Path
 
 import rafs
-from daemon.filestats import image_ino
+from daemon.filestats import fuse_ino
 from rafs.localblob import walk
 
 
@@ -22,18 +23,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "pattern's files in the order of first reads, or latest runs")
 
 
-def inodes_of(record: object) -> list[int]:
-    """The inode numbers a record names, in its order; ValueError when it is neither shape."""
-    out: list[int] = []
+def runs_of(record: object) -> list[tuple[int, int]]:
+    """The inode numbers a record names, in its order, as runs (first, last); ValueError when
+    it is neither shape."""
+    out: list[tuple[int, int]] = []
     if not isinstance(record, list):
         raise ValueError("expected a JSON list (from /api/v1/metrics/pattern or files?latest=true)")
     for item in record:
         if isinstance(item, dict) and type(item.get("ino")) is int:
-            out.append(item["ino"])
+            out.append((item["ino"], item["ino"]))
         elif (isinstance(item, list) and 1 <= len(item) <= 2
-              and all(type(i) is int and i >= 0 for i in item) and item[0] <= item[-1]
-              and item[-1] - item[0] < 1 << 32):
-            out.extend(range(item[0], item[-1] + 1))
+              and all(type(i) is int and i >= 0 for i in item) and item[0] <= item[-1]):
+            out.append((item[0], item[-1]))
         else:
             raise ValueError(f"not an access pattern entry nor an inode run: {str(item)[:80]}")
     return out
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the image paths of the regular files the record names, in its order."""
     try:
         text = sys.stdin.read() if args.record == "-" else Path(args.record).read_text("utf-8")
-        inos = inodes_of(json.loads(text))
+        runs = runs_of(json.loads(text))
         image = rafs.open_image(args.bootstrap)
     except (OSError, ValueError, rafs.RafsError) as e:
         print(f"Error: {e}", file=sys.stderr)
@@ -52,15 +53,19 @@ def run(args: argparse.Namespace) -> int:
     for path, inode in walk(image):  # the first path of each regular file (hard links share)
         if inode.is_reg:
             paths.setdefault(inode.ino, path)
+    # the mount's inode numbers of the image's files, sorted: a run selects those inside it
+    # (a run names numbers, not files: it may be far wider than the image)
+    by_fuse = sorted((fuse_ino(ino, image.root_ino), path) for ino, path in paths.items())
+    keys = [k for k, _path in by_fuse]
     out = sys.stdout.buffer
     seen = set()
-    for ino in inos:
-        path = paths.get(image_ino(ino, image.root_ino))
-        if path is None or path in seen:
-            continue
-        seen.add(path)
-        if b"\n" in path:  # one path per line: a name holding a newline cannot be listed
-            print(f"skipped {path!r}: its name holds a newline", file=sys.stderr)
-            continue
-        out.write(path + b"\n")
+    for first, last in runs:
+        for _k, path in by_fuse[bisect.bisect_left(keys, first):bisect.bisect_right(keys, last)]:
+            if path in seen:
+                continue
+            seen.add(path)
+            if b"\n" in path:  # one path per line: a name holding a newline cannot be listed
+                print(f"skipped {path!r}: its name holds a newline", file=sys.stderr)
+                continue
+            out.write(path + b"\n")
     return 0

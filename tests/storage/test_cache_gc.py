@@ -86,6 +86,16 @@ def test_gc_removes_only_what_no_daemon_uses(images, tmp_path):
     assert os.listdir(work / "pynydusd") == ["notes.txt"]
 
 
+def test_gc_removes_a_data_file_left_without_its_ready_file(images, tmp_path):
+    work = tmp_path / "work"
+    store = _store(images[0], work)
+    _read_all(store)
+    store.close()
+    os.unlink(work / "pynydusd" / f"{_blob_id(images[0])}.ready")
+    assert [b.blob_id for b in cachegc.collect(str(work))] == [_blob_id(images[0])]
+    assert os.listdir(work / "pynydusd") == []
+
+
 def test_gc_by_age_and_by_size_goes_least_recently_used_first(images, tmp_path):
     work = tmp_path / "work"
     for image in images:
@@ -146,3 +156,53 @@ def test_remove_refuses_what_is_no_blob_id(tmp_path):
     with pytest.raises(ValueError):
         cachegc.remove(str(tmp_path), "../../etc/passwd")
     assert cachegc.scan(str(tmp_path / "nothing")) == []
+
+
+def test_links_fifos_and_foreign_directories_are_never_followed(images, tmp_path):
+    """Files planted in the cache directory: a symlink named like a blob's file must not get its
+    target overwritten (by a daemon) or counted and opened (by list/gc), a FIFO must not hang
+    them, and a cache directory others can write to is not used at all."""
+    work = tmp_path / "work"
+    image = images[0]
+    blob_id = _blob_id(image)
+    root = work / "pynydusd"
+    root.mkdir(parents=True, mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n" * 100)
+    (root / f"{blob_id}.ready").symlink_to(victim)
+    (root / f"{blob_id}.data").symlink_to(victim)
+    store = _store(image, work)
+    try:
+        assert _read_all(store) > 0  # served, from memory only
+        assert store.cache.files == {}
+    finally:
+        store.close()
+    assert victim.read_text() == "precious\n" * 100
+    os.mkfifo(root / f"{'c' * 64}.ready")
+    blobs = {b.blob_id: b for b in cachegc.scan(str(work))}  # no hang on the FIFO
+    assert blobs[blob_id].disk_bytes == 0
+    assert "removed" in subprocess.run([str(TOOL), "gc", str(work)], capture_output=True,
+                                       text=True, timeout=30).stdout
+    assert victim.read_text() == "precious\n" * 100
+    open_dir = tmp_path / "open" / "pynydusd"
+    open_dir.mkdir(parents=True)
+    open_dir.chmod(0o777)
+    store = _store(image, tmp_path / "open")
+    try:
+        assert store.cache.files == {}  # others could plant files there: not used
+        assert _read_all(store) > 0
+    finally:
+        store.close()
+    assert os.listdir(open_dir) == []
+
+
+def test_a_daemon_closing_marks_its_blobs_used_now(images, tmp_path):
+    work = tmp_path / "work"
+    store = _store(images[0], work)
+    _read_all(store)
+    ready = work / "pynydusd" / f"{_blob_id(images[0])}.ready"
+    old = time.time() - 10 * 86400
+    os.utime(ready, (old, old))  # opened 10 days ago, served from the cache since
+    store.close()
+    assert time.time() - ready.stat().st_mtime < 60
+    assert cachegc.collect(str(work), unused_for_s=7 * 86400) == []
