@@ -369,6 +369,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                             b"Connection: close\r\n\r\n"
                             b'{"code": "UNDEFINED", "message": "too many clients"}  ')
             request.shutdown(socket.SHUT_WR)
+            if not drain_s:  # hanging up at once: take at least what has come already
+                request.setblocking(False)
+                request.recv(MAX_BODY)
             deadline = time.monotonic() + drain_s
             taken = 0
             while taken < MAX_BODY and (left := deadline - time.monotonic()) > 0:

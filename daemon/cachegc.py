@@ -131,7 +131,12 @@ def remove(work_dir: str, blob_id: str) -> bool:
     base = os.path.join(cache_root(work_dir), blob_id)
     # (a .data without its .ready gets one here, so that a daemon opening the pair meanwhile
     # waits for the lock and then finds both unlinked)
-    fd = _locked(base + ".ready", create=os.path.lexists(base + ".data"))
+    try:
+        lone = stat.S_ISREG(os.lstat(base + ".data").st_mode) and not os.path.lexists(
+            base + ".ready")
+    except FileNotFoundError:
+        lone = False
+    fd = _locked(base + ".ready", create=lone)
     if fd is None:
         return False  # in use, or not files of ours
     try:
@@ -140,6 +145,10 @@ def remove(work_dir: str, blob_id: str) -> bool:
                 os.unlink(base + ext)
             except FileNotFoundError:
                 pass
+            except OSError:
+                if lone:  # leave no .ready of ours behind
+                    os.unlink(base + ".ready")
+                raise
     finally:
         os.close(fd)
     return True

@@ -51,10 +51,10 @@ OPEN_ATTEMPTS = 3
 TOUCH_S = 3600.0  # a running daemon marks its blobs used this often (and at close)
 
 
-def _same_file(fd: int, path: str) -> bool:
-    """Whether `path` still names the file open as `fd`."""
+def _same_file(fd: int, name: str, dir_fd: int) -> bool:
+    """Whether `name` in directory `dir_fd` still names the file open as `fd`."""
     try:
-        st = os.stat(path)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)
@@ -64,7 +64,10 @@ def _same_file(fd: int, path: str) -> bool:
 class BlobCacheFile:
     """The cache files of one blob."""
 
-    def __init__(self, root: str, blob: BlobInfo) -> None:
+    def __init__(self, root: str, blob: BlobInfo, dir_fd: int) -> None:
+        """The files of `blob` in the directory open as `dir_fd` (`root` is its path, for
+        messages): never looked up by path again, so that the directory checked is the one
+        used."""
         if not is_valid_blob_id(blob.blob_id):
             raise ValueError(f"refusing to cache blob id {blob.blob_id[:80]!r}")
         self.blob = blob
@@ -72,7 +75,7 @@ class BlobCacheFile:
         base = os.path.join(root, blob.blob_id)
         self.data_fd = self.ready_fd = -1
         try:
-            self._open(base)
+            self._open(base, blob.blob_id, dir_fd)
             header = _HEADER.pack(MAGIC, self.count, 0, blob.uncompressed_size)
             if os.pread(self.ready_fd, HEADER_SIZE, 0) != header or \
                     os.fstat(self.ready_fd).st_size != HEADER_SIZE + self.count or \
@@ -89,15 +92,15 @@ class BlobCacheFile:
         self.committing = threading.Lock()  # one commit at a time
         self.pending: set[int] = set()  # written chunks whose ready bytes are not committed
 
-    def _open(self, base: str) -> None:
+    def _open(self, base: str, name: str, dir_fd: int) -> None:
         """Open (creating) both files and take the shared lock on .ready that tells
         `pynydusd-cache gc` they are in use. gc removes a pair under the exclusive lock, so files
         opened just before it did are found unlinked once the lock is ours: open them afresh."""
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         for _attempt in range(OPEN_ATTEMPTS):
             self.close()
-            self.data_fd = os.open(base + ".data", flags, 0o600)
-            self.ready_fd = os.open(base + ".ready", flags, 0o600)
+            self.data_fd = os.open(name + ".data", flags, 0o600, dir_fd=dir_fd)
+            self.ready_fd = os.open(name + ".ready", flags, 0o600, dir_fd=dir_fd)
             for fd, ext in ((self.data_fd, ".data"), (self.ready_fd, ".ready")):
                 if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a symlink fails the open)
                     raise OSError(errno.EINVAL, f"{base}{ext} is not a regular file")
@@ -110,8 +113,8 @@ class BlobCacheFile:
                     if time.monotonic() > deadline:
                         raise OSError(errno.EBUSY, f"{base}.ready stays locked") from None
                     time.sleep(0.01)
-            if all(_same_file(fd, path) for fd, path in (
-                    (self.data_fd, base + ".data"), (self.ready_fd, base + ".ready"))):
+            if all(_same_file(fd, name + ext, dir_fd) for fd, ext in (
+                    (self.data_fd, ".data"), (self.ready_fd, ".ready"))):
                 os.utime(self.ready_fd)  # its mtime says when the blob was last used
                 return
         raise OSError(errno.EBUSY, f"{base}.ready keeps being replaced")
@@ -240,14 +243,23 @@ class BlobCacheFile:
         self.data_fd = self.ready_fd = -1
 
 
-def _private_dir(path: str) -> None:
-    """Create `path` (mode 0700) or check that it is a directory of ours that nobody else can
-    write to: other users could plant files or links in it. Raises OSError otherwise."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise OSError(errno.EPERM, f"{path} must be a directory of uid {os.geteuid()} that no "
-                                   "one else can write to")
+def _private_dir(path: str) -> int:
+    """An fd of directory `path`, created (mode 0700) if missing, after checking that it is ours
+    and that no one else can write to it (others could plant files or links in it): raises
+    OSError otherwise. The check is made on the fd the files are then opened through, so the
+    directory cannot be swapped in between; `path` itself must not be a symlink."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # the work_dir
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{path} must belong to uid {os.geteuid()} and be writable "
+                                   "by it alone")
+    return fd
 
 
 class ChunkCache:
@@ -261,8 +273,9 @@ class ChunkCache:
         self.wake = threading.Event()
         self.closing = False
         self.committer: threading.Thread | None = None
+        self.dir_fd = -1
         try:
-            _private_dir(self.root)
+            self.dir_fd = _private_dir(self.root)
         except OSError as e:
             log.warning("cannot use the cache directory %s (%s): caching in memory only",
                         self.root, e.strerror or e)
@@ -276,10 +289,12 @@ class ChunkCache:
                             blob.blob_id, blob.chunk_count, MAX_CHUNKS)
             else:
                 try:
-                    self.files[blob.index] = BlobCacheFile(self.root, blob)
+                    self.files[blob.index] = BlobCacheFile(self.root, blob, self.dir_fd)
                 except OSError as e:
                     log.warning("cannot set up the cache files of blob %s (%s): cached in "
                                 "memory only", blob.blob_id, e.strerror or e)
+        if self.files:  # it commits written chunks, and marks the blobs used while the image is
+            self._start_committer()  # mounted (even if nothing is ever written)
 
     def get(self, chunk: ChunkInfo) -> bytes | None:
         f = self.files.get(chunk.blob_index)
@@ -294,19 +309,21 @@ class ChunkCache:
                 return False
             waiting = len(f.pending)
             if self.committer is None and not self.durable and not self.closing:
-                committer = threading.Thread(target=self._commit_loop, daemon=True,
-                                             name="cache-commit")
-                try:
-                    committer.start()
-                    self.committer = committer
-                except RuntimeError as e:  # no thread to be had: commit as we go instead
-                    log.warning("no cache commit thread (%s): committing every chunk", e)
-                    self.durable = True
+                self._start_committer()
         if self.durable:
             f.commit(self.lock)
         elif waiting >= COMMIT_CHUNKS:
             self.wake.set()
         return True
+
+    def _start_committer(self) -> None:
+        committer = threading.Thread(target=self._commit_loop, daemon=True, name="cache-commit")
+        try:
+            committer.start()
+            self.committer = committer
+        except RuntimeError as e:  # no thread to be had: commit as we go instead
+            log.warning("no cache commit thread (%s): committing every chunk", e)
+            self.durable = True
 
     def _commit_loop(self) -> None:
         touched = time.monotonic()
@@ -361,3 +378,6 @@ class ChunkCache:
             for f in self.files.values():
                 f.close()
             self.files.clear()
+            if self.dir_fd >= 0:
+                os.close(self.dir_fd)
+                self.dir_fd = -1

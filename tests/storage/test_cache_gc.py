@@ -16,6 +16,7 @@ import rafs
 from daemon import cachegc
 from daemon.storage import BlobStore, StorageOptions
 from rafs.localblob import walk
+from tests.mountutil import wait_for
 from tests.storage.test_shared_cache import build_pair_image
 from tests.treeutil import build_image, make_source
 
@@ -194,6 +195,16 @@ def test_links_fifos_and_foreign_directories_are_never_followed(images, tmp_path
     finally:
         store.close()
     assert os.listdir(open_dir) == []
+    elsewhere = tmp_path / "elsewhere"  # a private directory, but reached through a link
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "pynydusd").symlink_to(elsewhere)
+    store = _store(image, tmp_path / "linked")
+    try:
+        assert store.cache.files == {}
+    finally:
+        store.close()
+    assert os.listdir(elsewhere) == []
 
 
 def test_a_daemon_closing_marks_its_blobs_used_now(images, tmp_path):
@@ -206,3 +217,38 @@ def test_a_daemon_closing_marks_its_blobs_used_now(images, tmp_path):
     store.close()
     assert time.time() - ready.stat().st_mtime < 60
     assert cachegc.collect(str(work), unused_for_s=7 * 86400) == []
+
+
+def test_a_running_daemon_marks_its_blobs_used_even_if_it_only_reads(images, tmp_path,
+                                                                     monkeypatch):
+    """A daemon serving a warm cache writes nothing; after a kill -9 its blobs must not look
+    unused since it started."""
+    from daemon import chunkcache
+
+    monkeypatch.setattr(chunkcache, "COMMIT_S", 0.05)
+    monkeypatch.setattr(chunkcache, "TOUCH_S", 0.2)
+    work = tmp_path / "work"
+    store = _store(images[0], work)
+    _read_all(store)
+    store.close()
+    ready = work / "pynydusd" / f"{_blob_id(images[0])}.ready"
+    store = _store(images[0], work)
+    try:
+        old = time.time() - 10 * 86400
+        os.utime(ready, (old, old))
+        _read_all(store)
+        assert store.backend.stats["read_count"] == 0  # only cache hits
+        wait_for(lambda: time.time() - ready.stat().st_mtime < 60, timeout=5,
+                 what="the .ready file touched while the daemon runs")
+    finally:
+        store.close()
+
+
+def test_gc_leaves_nothing_of_its_own_behind_when_it_cannot_remove(images, tmp_path):
+    root = tmp_path / "work" / "pynydusd"
+    root.mkdir(parents=True, mode=0o700)
+    (root / f"{'d' * 64}.data").mkdir()  # not a file of ours
+    (root / f"{'e' * 64}.data").symlink_to(tmp_path)
+    r = subprocess.run([str(TOOL), "gc", str(tmp_path / "work")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(root)) == [f"{'d' * 64}.data", f"{'e' * 64}.data"]
