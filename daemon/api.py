@@ -13,7 +13,6 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
 from . import logs
-from .filestats import FileStats
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/api/v1/config": lambda: {"registry_auth": ""},
             "/api/v1/metrics/inflight": None,
             "/api/v1/metrics/files": None,
-            "/api/v1/metrics/pattern": lambda: (st.ops.file_stats or FileStats()).pattern(),
+            "/api/v1/metrics/pattern": lambda: st.ops.file_stats.pattern(),
             "/metrics": None,
         }
 
@@ -237,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             return self._send(200, st.prometheus(), "text/plain; version=0.0.4")
         if path == "/api/v1/metrics/files":  # latest=true: the files read since the last call
-            stats = st.ops.file_stats or FileStats()
+            stats = st.ops.file_stats
             latest = query.get("latest", ["false"])[-1].lower() == "true"
             if latest:
                 return self._send(200, stats.drain_latest())

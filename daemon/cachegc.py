@@ -21,9 +21,7 @@ from dataclasses import dataclass
 
 from rafs import is_valid_blob_id
 
-from .chunkcache import HEADER_SIZE, MAGIC
-
-SUBDIR = "pynydusd"
+from .chunkcache import HEADER_SIZE, MAGIC, cache_root, open_regular
 
 
 @dataclass
@@ -38,27 +36,17 @@ class CachedBlob:
     in_use: bool  # a running daemon holds it
 
 
-def cache_root(work_dir: str) -> str:
-    """The directory pynydusd keeps its cache files in, under a nydusd `work_dir`."""
-    return os.path.join(work_dir, SUBDIR)
-
-
 def _open_regular(path: str, create: bool = False) -> int | None:
-    """An fd of the regular file `path` (never through a symlink, never blocking on a FIFO), or
-    None when it is missing or is something else."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    """An fd of the regular file `path` (see chunkcache.open_regular), or None when it is
+    missing or is something else (a link, a FIFO, a directory)."""
     try:
-        fd = os.open(path, flags | (os.O_CREAT if create else 0), 0o600)
-    except (FileNotFoundError, NotADirectoryError):
+        return open_regular(path, os.O_RDONLY | (os.O_CREAT if create else 0))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
     except OSError as e:
-        if e.errno == errno.ELOOP:  # a symlink
+        if e.errno in (errno.ELOOP, errno.EINVAL):  # a symlink, not a regular file
             return None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
 
 
 def _locked(path: str, create: bool = False) -> int | None:

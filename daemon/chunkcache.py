@@ -51,6 +51,24 @@ OPEN_ATTEMPTS = 3
 TOUCH_S = 3600.0  # a running daemon marks its blobs used this often (and at close)
 
 
+def cache_root(work_dir: str) -> str:
+    """The directory pynydusd keeps its cache files in, under a nydusd `work_dir` (its own, so
+    that the Rust nydusd's files there are never read or written)."""
+    return os.path.join(work_dir, "pynydusd")
+
+
+def open_regular(name: str, flags: int, dir_fd: int | None = None) -> int:
+    """An fd of `name` opened with `flags`, never through a symlink (ELOOP) and never blocking
+    on a FIFO; OSError(EINVAL) when it is not a regular file. Names in the cache directory may
+    have been planted there."""
+    fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600,
+                 dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{name} is not a regular file")
+    return fd
+
+
 def _same_file(fd: int, name: str, dir_fd: int) -> bool:
     """Whether `name` in directory `dir_fd` still names the file open as `fd`."""
     try:
@@ -96,14 +114,10 @@ class BlobCacheFile:
         """Open (creating) both files and take the shared lock on .ready that tells
         `pynydusd-cache gc` they are in use. gc removes a pair under the exclusive lock, so files
         opened just before it did are found unlinked once the lock is ours: open them afresh."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         for _attempt in range(OPEN_ATTEMPTS):
             self.close()
-            self.data_fd = os.open(name + ".data", flags, 0o600, dir_fd=dir_fd)
-            self.ready_fd = os.open(name + ".ready", flags, 0o600, dir_fd=dir_fd)
-            for fd, ext in ((self.data_fd, ".data"), (self.ready_fd, ".ready")):
-                if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a symlink fails the open)
-                    raise OSError(errno.EINVAL, f"{base}{ext} is not a regular file")
+            self.data_fd = open_regular(name + ".data", os.O_RDWR | os.O_CREAT, dir_fd)
+            self.ready_fd = open_regular(name + ".ready", os.O_RDWR | os.O_CREAT, dir_fd)
             deadline = time.monotonic() + LOCK_WAIT_S
             while True:
                 try:
@@ -115,7 +129,7 @@ class BlobCacheFile:
                     time.sleep(0.01)
             if all(_same_file(fd, name + ext, dir_fd) for fd, ext in (
                     (self.data_fd, ".data"), (self.ready_fd, ".ready"))):
-                os.utime(self.ready_fd)  # its mtime says when the blob was last used
+                self.touch()
                 return
         raise OSError(errno.EBUSY, f"{base}.ready keeps being replaced")
 
@@ -266,7 +280,7 @@ class ChunkCache:
     """All blob cache files of one image in `<work_dir>/pynydusd/`."""
 
     def __init__(self, work_dir: str, blobs: list[BlobInfo], durable: bool = False) -> None:
-        self.root = os.path.join(work_dir, "pynydusd")
+        self.root = cache_root(work_dir)
         self.files: dict[int, BlobCacheFile] = {}
         self.lock = threading.Lock()
         self.durable = durable
@@ -308,9 +322,7 @@ class ChunkCache:
             if not f.put(chunk, data):
                 return False
             waiting = len(f.pending)
-            if self.committer is None and not self.durable and not self.closing:
-                self._start_committer()
-        if self.durable:
+        if self.durable:  # (also when no committer thread could be started)
             f.commit(self.lock)
         elif waiting >= COMMIT_CHUNKS:
             self.wake.set()

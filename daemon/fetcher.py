@@ -8,8 +8,8 @@ backend (the network is untrusted) or from the disk cache, and with `digest_vali
 localfs. The disk cache is shared by every image using the same work_dir, and blob ids come from
 images: a hostile image can name another's blob and place its chunks elsewhere in the cache files,
 or reset them under a running daemon, so what the disk gives back is never trusted (a chunk that
-fails is fetched again and rewritten). A run whose data fails these checks is fetched again, up to the backend's retry count,
-before the read fails.
+fails is fetched again and rewritten). A run whose data fails these checks is fetched again, up to
+the backend's retry count, before the read fails.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import cachetools
 
 from rafs import ChunkDataError, ChunkInfo, Image, codecs
 from rafs.chunkmap import merge_runs
+from rafs.model import CHUNK_SIZE_MAX
 
 from .backends import Backend
 from .chunkcache import ChunkCache
@@ -68,8 +69,12 @@ class Fetcher:
         self.digest_validate = digest_validate
         self.verify_fetched = digest_validate or backend.kind != "localfs"
         self.data_retries = max(int(getattr(backend, "retries", 0) or 0), 1)
-        self.mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, 1),
-                                                            getsizeof=_mem_size)
+        # room for two of the largest chunks at least: a chunk the LRU cannot hold would be read
+        # (and digest-checked) whole again for every request that touches it
+        largest = min(max([image.chunk_size, *(b.chunk_size for b in image.blobs)]),
+                      CHUNK_SIZE_MAX)
+        self.mem: cachetools.LRUCache = cachetools.LRUCache(
+            maxsize=max(memory_bytes, 2 * (largest + MEM_ENTRY_OVERHEAD)), getsizeof=_mem_size)
         self.lock = threading.Lock()
         self.flights: dict[tuple[int, int], _Flight] = {}
         self.prepare_index = prepare_index  # loads what chunk_by_index needs, on first widening

@@ -80,7 +80,7 @@ def handler(name: str):
                 self.latency_us[name] += int(us)
                 if opcode == 15:  # read
                     self.read_latency[read_latency_bucket(us)] += 1
-                if first and self.file_stats is not None:
+                if first and self.recording:
                     self.file_stats.record(name, first, ok,
                                            len(result) if ok and opcode == 15 else 0)
         return op
@@ -125,7 +125,8 @@ class RafsOperations(pyfuse3.Operations):
         self.read_latency = [0] * 8
         self.read_sizes = [0] * 8
         self.inflight: dict[int, tuple[int, int, float]] = {}  # unique -> (inode, opcode, start)
-        self.file_stats = file_stats if file_stats is not None and file_stats.enabled else None
+        self.file_stats = file_stats or FileStats()
+        self.recording = self.file_stats.enabled  # (checked on every request)
 
     def init(self) -> None:
         """FUSE INIT: pyfuse3 calls this synchronously, before it serves any other request."""
@@ -294,12 +295,10 @@ class RafsOperations(pyfuse3.Operations):
 
     def fs_metrics(self) -> dict:
         """nydusd's FsIoStats shape (api/v1/metrics)."""
-        fs = self.file_stats or FileStats()
+        fs = self.file_stats
         return {"files_account_enabled": fs.iostats_files, "access_pattern_enabled": fs.access_pattern,
                 "record_latest_read_files_enabled": fs.latest_read_files, "measure_latency": True,
-                "id": "/",
-                "nr_opens": self.nr_opens,
-                "data_read": self.data_read,
+                "id": "/", "nr_opens": self.nr_opens, "data_read": self.data_read,
                 "block_count_read": list(self.read_sizes),
                 "fop_hits": [self.hits[f] for f in FOPS],
                 "fop_errors": [self.errors[f] for f in FOPS],

@@ -88,7 +88,7 @@ class RegistryBackend(Backend):
             s.headers["User-Agent"] = USER_AGENT
             s.trust_env = False
             if self.ssl_context is not None and self.verify:
-                s.mount("https://", _TlsAdapter(self.ssl_context))
+                s.mount("https://", _tls_adapter(self.ssl_context))
             self.local.session = s
         return s
 
@@ -357,26 +357,17 @@ def _ssl_context(ca_files: list[str]) -> ssl.SSLContext | None:
     return ctx
 
 
-def _tls_adapter_class():
+def _tls_adapter(context: ssl.SSLContext):
+    """A requests adapter verifying servers against `context`'s trust store (defined here:
+    requests is imported only when first needed)."""
     import requests.adapters
 
     class TlsAdapter(requests.adapters.HTTPAdapter):
-        """Verifies servers against the given SSLContext's trust store."""
-
-        def __init__(self, context: ssl.SSLContext) -> None:
-            self.context = context
-            super().__init__()
-
         def init_poolmanager(self, *args, **kwargs):
-            kwargs["ssl_context"] = self.context
+            kwargs["ssl_context"] = context
             return super().init_poolmanager(*args, **kwargs)
 
-
-    return TlsAdapter
-
-
-def _TlsAdapter(context: ssl.SSLContext):  # noqa: N802 - built on first use: requests loads lazily
-    return _tls_adapter_class()(context)
+    return TlsAdapter()
 
 
 def _content_range(value: str) -> tuple[int, int] | None:

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import rafs
-from rafs.model import CHUNK_SIZE_MAX
 
 from .backends import make_backend
 from .chunkcache import ChunkCache
-from .fetcher import MEM_ENTRY_OVERHEAD, Fetcher
+from .fetcher import Fetcher
 from .storage_errors import BackendError, StorageError
 
 __all__ = ["BlobStore", "StorageError", "StorageOptions"]
@@ -66,14 +65,9 @@ class BlobStore:
             self.cache = ChunkCache(options.work_dir, image.blobs, options.durable_cache)
         elif options.cache_type not in ("", "dummycache"):
             raise StorageError(f"cache type {options.cache_type!r} is not supported")
-        # room for two of the largest chunks at least: a chunk the LRU cannot hold would be read
-        # (and digest-checked) whole again for every request that touches it
-        largest = max([image.chunk_size, *(b.chunk_size for b in image.blobs)])
         self.fetcher = Fetcher(image, self.backend, self.cache,
                                digest_validate=options.digest_validate,
-                               memory_bytes=max(options.memory_cache_bytes,
-                                                2 * (min(largest, CHUNK_SIZE_MAX)
-                                                     + MEM_ENTRY_OVERHEAD)),
+                               memory_bytes=options.memory_cache_bytes,
                                prepare_index=self._prepare_widening)
         self.prefetcher = None
         self.ci_loaded = False
@@ -147,8 +141,8 @@ class BlobStore:
     def can_read_now(self, pieces: Sequence[rafs.ChunkPiece]) -> bool:
         """True when `read(pieces)` cannot wait on the network or on another thread: every chunk
         is in memory or ready in the disk cache (up to INLINE_DISK_BYTES, which are read and
-        digest-checked), or comes from local blobs (up to a small size) and nobody is fetching it. The FUSE loop then serves the read itself, saving the hand-off
-        to a worker thread."""
+        digest-checked), or comes from local blobs (up to a small size) and nobody is fetching
+        it. The FUSE loop then serves the read itself, saving the hand-off to a worker thread."""
         f = self.fetcher
         local = self.backend.kind == "localfs"
         budget = INLINE_LOCAL_BYTES
