@@ -127,7 +127,7 @@ _FIELDS = {
                  "connect_timeout": lambda d, k: _seconds(d, k, 5),
                  "retry_limit": lambda d, k: _int(d, k, 0, 0, 1000),
                  "blob_url_scheme": _str, "blob_redirected_host": _str,
-                 "ca_cert_files": lambda d, k: _strings(d, k)},
+                 "ca_cert_files": _strings},
     "localfs": {"dir": _str, "blob_file": _str},
 }
 
