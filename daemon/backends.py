@@ -57,14 +57,15 @@ class Backend:
         """Replace the credentials (base64 of user:password); registries only."""
         raise BackendError(f"registry_auth does not apply to a {self.kind} backend")
 
-    def read(self, blob_id: str, offset: int, size: int) -> bytes:
-        """Exactly `size` bytes at `offset` of blob `blob_id`."""
+    def read(self, blob_id: str, offset: int, size: int, direct: bool = False) -> bytes:
+        """Exactly `size` bytes at `offset` of blob `blob_id`. `direct`: the last answer for this
+        range held bad data, so ask the source itself, not a mirror in between."""
         check_blob_id(blob_id)
         start = time.monotonic()
         try:
             if offset < 0 or size < 0 or offset + size > MAX_BLOB_END:
                 raise BackendError(f"range {offset}+{size} lies outside any blob")
-            data = self._read(blob_id, offset, size)
+            data = self._read(blob_id, offset, size, direct)
         except BackendError:
             with self.lock:
                 self.stats["read_errors"] += 1
@@ -93,7 +94,7 @@ class Backend:
             return {k: [list(x) if isinstance(x, list) else x for x in v] if isinstance(v, list)
                     else v for k, v in self.stats.items()}
 
-    def _read(self, blob_id: str, offset: int, size: int) -> bytes:
+    def _read(self, blob_id: str, offset: int, size: int, direct: bool) -> bytes:
         raise NotImplementedError
 
     def note_retry(self) -> None:
@@ -140,7 +141,7 @@ class LocalfsBackend(Backend):
             self.fds[blob_id] = fd
         return fd
 
-    def _read(self, blob_id: str, offset: int, size: int) -> bytes:
+    def _read(self, blob_id: str, offset: int, size: int, direct: bool) -> bytes:
         try:
             data = os.pread(self._open(blob_id), size, offset)
         except OSError as e:

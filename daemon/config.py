@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from .backends import no_userinfo
+from .mirrors import MirrorConfigError, parse_mirrors
 from .storage import StorageOptions
 
 BACKENDS = ("registry", "localfs", "oss", "s3", "http-proxy", "localdisk")
@@ -152,6 +153,10 @@ def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
                 _bool(proxy, key, True)
         if "check_interval" in proxy:
             _seconds(proxy, "check_interval", 5)
+        try:
+            parse_mirrors(cfg.get("mirrors"))
+        except MirrorConfigError as e:
+            raise ConfigError(str(e)) from None
         if cfg.get("blob_url_scheme") not in (None, "", "http", "https"):
             raise ConfigError(f"'blob_url_scheme' must be http or https, not "
                               f"{cfg['blob_url_scheme']!r:.40}")

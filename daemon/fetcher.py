@@ -280,7 +280,7 @@ class Fetcher:
             with self.lock:
                 self.stats["requests"] += 1
             try:
-                raw = self.backend.read(blob.blob_id, start, size)
+                raw = self.backend.read(blob.blob_id, start, size, direct=bool(errors))
             except BackendError as e:
                 with self.lock:
                     self.stats["errors"] += 1

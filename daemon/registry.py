@@ -20,6 +20,7 @@ from .backends import (
     retrying,
     same_origin,
 )
+from .mirrors import Mirror, parse_mirrors, ping_until_healthy
 from .storage_errors import BackendError, TemporaryBackendError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class RegistryBackend(Backend):
         self.renew_failures = 0
         self.renewing = False  # a renewal thread runs
         self.auth_failure: tuple[float, BackendError] | None = None  # the last fetch failed: when
+        try:
+            self.mirrors: list[Mirror] = parse_mirrors(config.get("mirrors"))
+        except ValueError as e:
+            raise BackendError(str(e)) from None
+        self.closed = threading.Event()  # ends the mirrors' health checks
 
     # -- HTTP plumbing ------------------------------------------------------------------------
 
@@ -107,13 +113,20 @@ class RegistryBackend(Backend):
         """When a body that starts coming now must be in: `timeout` bounds each request."""
         return time.monotonic() + self.timeout[1] if self.timeout[1] else None
 
-    def _read(self, blob_id: str, offset: int, size: int) -> bytes:
+    def _read(self, blob_id: str, offset: int, size: int, direct: bool) -> bytes:
         what = f"blob {blob_id} range {offset}+{size}"
-        return retrying(self.retries, lambda: self._attempt(blob_id, offset, size), what,
+        if direct and self.mirrors:
+            log.warning("%s: bad data last time: reading it from the registry, not a mirror", what)
+        return retrying(self.retries, lambda: self._attempt(blob_id, offset, size, direct), what,
                         self.note_retry)
 
-    def _attempt(self, blob_id: str, offset: int, size: int) -> bytes:
+    def _attempt(self, blob_id: str, offset: int, size: int, direct: bool) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
+        for mirror in () if direct else self.mirrors:
+            if mirror.healthy:
+                data = self._from_mirror(mirror, blob_id, offset, size, headers)
+                if data is not None:
+                    return data
         url = self.redirects.get(blob_id) or self.base + blob_id
         r = self._send(url, headers, blob_id)
         deadline = self._deadline()
@@ -151,6 +164,55 @@ class RegistryBackend(Backend):
             return r
         self.redirects.pop(blob_id, None)  # start over at the registry next time
         raise BackendError(f"too many redirects for blob {blob_id}")
+
+    def _from_mirror(self, mirror: Mirror, blob_id: str, offset: int, size: int,
+                     headers: dict) -> bytes | None:
+        """The range from `mirror`, or None when it cannot serve it (the caller goes on to the next
+        mirror or the registry). The mirror gets its own headers and the registry's current
+        Authorization (a pull-through mirror relays it); a redirect to another host gets
+        neither."""
+        url = mirror.url(self.base + blob_id)
+        hdrs = {**headers, **mirror.headers}
+        if self.auth_header and "Authorization" not in hdrs:
+            hdrs["Authorization"] = self.auth_header
+        try:
+            for _hop in range(MAX_REDIRECTS + 1):
+                r = self._get(url, hdrs, proxy=False)
+                if r.status_code not in (301, 302, 303, 307, 308) or "Location" not in r.headers:
+                    break
+                r.close()
+                url = self._redirect_target(urllib.parse.urljoin(url, r.headers["Location"]))
+                if not same_origin(url, mirror.host):
+                    hdrs = dict(headers)
+            else:
+                raise TemporaryBackendError("too many redirects")
+            status = r.status_code
+            if status == 429 or status >= 500:
+                r.close()
+                raise TemporaryBackendError(f"answered {status}")
+            if status not in (200, 206) or _ignored_range(r, offset, size):
+                r.close()
+                mirror.missed(f"answered {status}" if status != 200 else
+                              "a whole blob for a ranged GET")
+                return None
+            data = _body(r, offset, size, self._deadline())
+        except BackendError as e:
+            mirror.failed(e, self._ping_mirror)
+            return None
+        mirror.succeeded()
+        return data
+
+    def _ping_mirror(self, mirror: Mirror) -> None:
+        def get(url: str) -> int:
+            r = self._session().get(url, timeout=self.timeout, verify=self.verify,
+                                    allow_redirects=False, stream=True)
+            r.close()
+            return r.status_code
+
+        ping_until_healthy(mirror, get, self.closed)
+
+    def close(self) -> None:
+        self.closed.set()
 
     def _redirect_target(self, url: str) -> str:
         """A redirect's target, with `blob_redirected_host` and `blob_url_scheme` applied (a
@@ -380,6 +442,12 @@ def _content_range(value: str) -> tuple[int, int] | None:
     return int(first), int(last)
 
 
+def _ignored_range(r, offset: int, size: int) -> bool:
+    """A 200 without Content-Range is the whole blob: fine only when that is what was asked."""
+    return r.status_code == 200 and "Content-Range" not in r.headers and not (
+        offset == 0 and r.headers.get("Content-Length") == str(size))
+
+
 def _body(r, offset: int, size: int, deadline: float | None = None) -> bytes:
     """Exactly the `size` bytes at `offset` of a ranged answer, or a (temporary) error. The body
     must be in by `deadline` (time.monotonic()): a server that trickles it fails the attempt."""
@@ -387,9 +455,7 @@ def _body(r, offset: int, size: int, deadline: float | None = None) -> bytes:
     try:
         if status in (429,) or status >= 500:
             raise TemporaryBackendError(f"server answered {status}")
-        if status == 200 and "Content-Range" not in r.headers and not (
-                offset == 0 and r.headers.get("Content-Length") == str(size)):
-            # (a 200 with exactly the bytes asked for from the start is the whole blob: fine)
+        if _ignored_range(r, offset, size):
             raise BackendError("server ignored the Range header (200 without Content-Range)")
         if status not in (200, 206):
             raise BackendError(f"server answered {status}: {r.raw.read(200, decode_content=True)!r}")

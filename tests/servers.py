@@ -110,8 +110,9 @@ class Registry:
 
     def __init__(self, root: Path, user: str | None = None, password: str | None = None,
                  token: TokenIssuer | None = None, port: int | None = None,
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
-        """`tls`: (CA certificate, server certificate, server key) to serve HTTPS with."""
+                 tls: tuple[Path, Path, Path] | None = None, mirror_of: str | None = None) -> None:
+        """`tls`: (CA certificate, server certificate, server key) to serve HTTPS with;
+        `mirror_of`: a registry URL this one is a pull-through cache of."""
         if not shutil.which("docker-registry"):
             pytest.skip("Debian's docker-registry is not installed")
         root.mkdir(parents=True, exist_ok=True)
@@ -135,6 +136,8 @@ class Registry:
                                       capture_output=True, text=True).stdout
             (root / "htpasswd").write_text(htpasswd)
             cfg += ["auth:", "  htpasswd:", "    realm: test", f"    path: {root}/htpasswd"]
+        if mirror_of:
+            cfg += ["proxy:", f"  remoteurl: {mirror_of}"]
         (root / "config.yml").write_text("\n".join(cfg) + "\n")
         self.log = open(root / "registry.log", "w")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],

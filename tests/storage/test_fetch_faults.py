@@ -61,7 +61,7 @@ def test_a_chunk_fetched_again_after_it_landed_is_not_aborted(built):
     a_in_k2, a_go, b_in, b_go = (threading.Event() for _ in range(4))
     read = store.backend._read
 
-    def gated_read(blob_id, off, size):
+    def gated_read(blob_id, off, size, direct):
         who = threading.current_thread().name
         if who == "A" and off == k2.compressed_offset:
             a_in_k2.set()
@@ -69,7 +69,7 @@ def test_a_chunk_fetched_again_after_it_landed_is_not_aborted(built):
         if who == "B":
             b_in.set()
             b_go.wait(10)
-        return read(blob_id, off, size)
+        return read(blob_id, off, size, direct)
 
     store.backend._read = gated_read
     got = {}
@@ -426,8 +426,8 @@ def test_a_neighbour_wanted_by_another_read_is_fetched_again_when_bad(built):
     fetcher = store.fetcher
     read, corrupted, b_waits = store.backend._read, [], threading.Event()
 
-    def bad_once(blob_id, off, size):
-        data = read(blob_id, off, size)
+    def bad_once(blob_id, off, size, direct):
+        data = read(blob_id, off, size, direct)
         if threading.current_thread().name == "A":
             b_waits.wait(10)
             if not corrupted and off <= k1.compressed_offset < off + size:
@@ -471,11 +471,11 @@ def test_a_failed_retry_for_a_bad_neighbour_keeps_the_good_data(built):
     fetcher = store.fetcher
     read, calls = store.backend._read, []
 
-    def corrupt_then_gone(blob_id, off, size):
+    def corrupt_then_gone(blob_id, off, size, direct):
         calls.append(off)
         if len(calls) > 1:
             raise BackendError("connection reset")
-        data = read(blob_id, off, size)
+        data = read(blob_id, off, size, direct)
         i = k1.compressed_offset - off
         return data[:i] + bytes(x ^ 0xFF for x in data[i:i + 8]) + data[i + 8:]
 
@@ -493,8 +493,8 @@ def test_a_chunk_that_came_good_once_is_kept_when_a_retry_spoils_it(built):
     store, k0, k1 = _widened_to_neighbour(built)
     read, spoiled = store.backend._read, []
 
-    def spoil(blob_id, off, size):
-        data = read(blob_id, off, size)
+    def spoil(blob_id, off, size, direct):
+        data = read(blob_id, off, size, direct)
         bad = k1 if not spoiled else k0
         spoiled.append(bad)
         i = bad.compressed_offset - off
