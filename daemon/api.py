@@ -109,7 +109,7 @@ IDLE_S = 10.0  # a connection that sends nothing for this long is closed
 _NO_BODY = object()  # _json_body: the request was answered already
 CONTROLS = {"/api/v1/daemon/fuse/sendfd": "sendfd", "/api/v1/daemon/fuse/takeover": "takeover",
             "/api/v1/daemon/start": "start", "/api/v1/daemon/exit": "exit"}
-UNSUPPORTED = ("/api/v1/mount", "/api/v1/daemon/backend", "/api/v2/blobs")
+UNSUPPORTED = ("/api/v1/mount", "/api/v2/blobs")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -218,6 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/api/v1/metrics/inflight": None,
             "/api/v1/metrics/files": None,
             "/api/v1/metrics/pattern": lambda: st.ops.file_stats.pattern(),
+            "/api/v1/daemon/backend": None,
             "/metrics": None,
         }
 
@@ -230,6 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"no instance with id {ids[-1][:100]!r}")
         if st.ops is None and path.startswith(("/api/v1/metrics", "/metrics")):
             return self._error(503, f"not serving yet (state {st.state})")
+        if path == "/api/v1/daemon/backend":
+            return self._backend_info(query)
         if path == "/api/v1/metrics/inflight":
             busy = st.ops.inflight_ops()
             return self._send(200, busy) if busy else self._send(204)
@@ -244,6 +247,23 @@ class _Handler(BaseHTTPRequestHandler):
             # FUSE loop run between its steps (the C one would hold the GIL throughout)
             return self._send(200, "".join(json.JSONEncoder().iterencode(stats.files())))
         self._send(200, self._gets()[path]())
+
+    def _backend_info(self, query: dict) -> None:
+        """GET /api/v1/daemon/backend?mountpoint=/: the superblock of the image mounted at that
+        virtual mountpoint (only / exists), as nydusd's RafsSuperMeta."""
+        st: ApiState = self.server.state
+        mountpoint = query.get("mountpoint")
+        if not mountpoint:
+            return self._error(400, "query parameter 'mountpoint' is required")
+        if mountpoint[-1] != "/":
+            return self._error(404, f"nothing is mounted at {mountpoint[-1][:100]!r}")
+        if st.ops is None:
+            return self._error(503, f"not serving yet (state {st.state})")
+        from .fs import FOREVER_S  # the attribute and entry timeouts the daemon gives the kernel
+
+        timeout = {"secs": int(FOREVER_S), "nanos": 0}
+        self._send(200, st.ops.image.superblock_info() | {"attr_timeout": timeout,
+                                                          "entry_timeout": timeout})
 
     def _length(self) -> int | None:
         """The body's length (0 without one) when one Content-Length of ASCII digits frames it,

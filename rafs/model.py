@@ -195,6 +195,11 @@ class Image:
         """Every chunk of regular file `ino` in file order (holes omitted)."""
         raise NotImplementedError
 
+    def superblock_info(self) -> dict:
+        """The superblock as nydusd's RafsSuperMeta names its fields (magic, version, table
+        offsets and sizes, flags as {"bits": n}), without the daemon's timeouts."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release the mapping of the bootstrap file (a no-op while chunk lists still use it)."""
         data = getattr(getattr(self, "buf", None), "data", None)

@@ -170,6 +170,22 @@ class V5Image(Image):
         self._blob_table = (blob_off, blob_size)
         self._ext_table = (ext_off, ext_entries)
 
+    def superblock_info(self) -> dict:
+        """The superblock in the field names of nydusd's RafsSuperMeta (GET
+        /api/v1/daemon/backend), without the daemon's timeouts."""
+        return {"magic": V5_MAGIC, "version": V5_VERSION, "sb_size": SB_SIZE,
+                "root_inode": self.root_ino, "chunk_size": self.chunk_size, "batch_size": 0,
+                "inodes_count": self.inode_count, "flags": {"bits": self.flags},
+                "inode_table_entries": self._itable_entries,
+                "inode_table_offset": self._itable_off,
+                "blob_table_size": self._blob_table[1], "blob_table_offset": self._blob_table[0],
+                "extended_blob_table_offset": self._ext_table[0],
+                "extended_blob_table_entries": self._ext_table[1],
+                "blob_device_table_count": 0, "blob_device_table_offset": 0,
+                "prefetch_table_offset": self._prefetch[0],
+                "prefetch_table_entries": self._prefetch[1], "is_chunk_dict": False,
+                "meta_blkaddr": 0, "root_nid": 0, "chunk_table_offset": 0, "chunk_table_size": 0}
+
     def _check_table(self, off: int, length: int, field: str, sb_off: int) -> None:
         if length == 0:
             return

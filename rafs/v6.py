@@ -149,6 +149,22 @@ class V6Image(Image):
         self._xattr_off = xattr_blkaddr * bs
         self._extra_devices = extra_devices
 
+    def superblock_info(self) -> dict:
+        """The superblocks in the field names of nydusd's RafsSuperMeta (GET
+        /api/v1/daemon/backend), without the daemon's timeouts."""
+        return {"magic": V6_MAGIC, "version": 0x600, "sb_size": 0, "root_inode": self.root_ino,
+                "chunk_size": self.chunk_size, "batch_size": 0, "inodes_count": self.inode_count,
+                "flags": {"bits": self.flags}, "inode_table_entries": 0, "inode_table_offset": 0,
+                "blob_table_size": self._blob_table[1], "blob_table_offset": self._blob_table[0],
+                "extended_blob_table_offset": 0, "extended_blob_table_entries": 0,
+                "blob_device_table_count": self._extra_devices,
+                "blob_device_table_offset": DEVT_SLOT_OFF if self._extra_devices else 0,
+                "prefetch_table_offset": self._prefetch_table[0],
+                "prefetch_table_entries": self._prefetch_table[1] // 4, "is_chunk_dict": False,
+                "meta_blkaddr": self._meta_off // self.block_size, "root_nid": self.root_ino,
+                "chunk_table_offset": self._chunk_table[0],
+                "chunk_table_size": self._chunk_table[1]}
+
     def _read_ext_super(self) -> None:
         (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off,
          pt_size) = self.buf.unpack(_EXT, EXT_SUPER_OFF, "nydus ext superblock")

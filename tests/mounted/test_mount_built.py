@@ -330,3 +330,56 @@ def test_the_mount_gets_a_large_readahead_window(built, tmp_path, option, window
         assert (mnt / big.relative_to(src)).read_bytes() == big.read_bytes()
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("version", ["v5", "v6"])
+def test_backend_info_describes_the_mounted_superblock(built, tmp_path, version):
+    """GET /api/v1/daemon/backend?mountpoint=/ gives the superblock in nydusd's RafsSuperMeta
+    fields; each one checked here is read from the bootstrap's bytes by the test itself."""
+    import struct
+
+    require_fuse()
+    tmp, _src = built
+    boot = (tmp / version / "bootstrap").read_bytes()
+    if version == "v5":
+        (magic, ver, sb_size, chunk_size, flags, inodes, itable_off, prefetch_off, blob_off,
+         itable_n, prefetch_n, blob_size, ext_n, ext_off) = struct.unpack_from(
+            "<IIIIQQQQQIIIIQ", boot, 0)
+        want = {"magic": magic, "version": ver, "sb_size": sb_size, "chunk_size": chunk_size,
+                "flags": {"bits": flags}, "inodes_count": inodes,
+                "inode_table_offset": itable_off, "inode_table_entries": itable_n,
+                "prefetch_table_offset": prefetch_off, "prefetch_table_entries": prefetch_n,
+                "blob_table_offset": blob_off, "blob_table_size": blob_size,
+                "extended_blob_table_offset": ext_off, "extended_blob_table_entries": ext_n,
+                "root_inode": 1}
+    else:
+        magic, = struct.unpack_from("<I", boot, 1024)
+        root_nid, = struct.unpack_from("<H", boot, 1024 + 14)
+        inodes, = struct.unpack_from("<Q", boot, 1024 + 16)
+        meta_blkaddr, = struct.unpack_from("<I", boot, 1024 + 40)
+        flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size = struct.unpack_from(
+            "<QQIIQQQI", boot, 1152)
+        want = {"magic": magic, "version": 0x600, "root_nid": root_nid, "inodes_count": inodes,
+                "meta_blkaddr": meta_blkaddr, "flags": {"bits": flags},
+                "blob_table_offset": bt_off, "blob_table_size": bt_size, "chunk_size": chunk_size,
+                "chunk_table_offset": ct_off, "chunk_table_size": ct_size,
+                "prefetch_table_offset": pt_off if pt_size else 0,
+                "prefetch_table_entries": pt_size // 4}
+    mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / version / "bootstrap"), "--backend",
+                str(tmp / version / "blobs"), "--apisock", str(sock), str(mnt)], mnt)
+    try:
+        wait_for(sock.is_socket, what="the API socket")
+        code, body = _api(sock, "GET", "/api/v1/daemon/backend?mountpoint=/")
+        assert code == 200, body
+        info = json.loads(body)
+        assert {k: info[k] for k in want} == want
+        assert info["attr_timeout"]["secs"] > 0 and info["attr_timeout"]["nanos"] == 0
+        assert info["magic"] == (0x52414653 if version == "v5" else 0xE0F5E1E2)
+        code, body = _api(sock, "GET", "/api/v1/daemon/backend")
+        assert code == 400 and b"mountpoint" in body
+        code, body = _api(sock, "GET", "/api/v1/daemon/backend?mountpoint=/sub")
+        assert code == 404 and json.loads(body)["code"] == "UNDEFINED"
+    finally:
+        d.stop()
