@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from .backends import no_userinfo
-from .mirrors import MirrorConfigError, parse_mirrors
+from .mirrors import MirrorConfigError, parse_mirrors, url_for_log
 from .storage import StorageOptions
 
 BACKENDS = ("registry", "localfs", "oss", "s3", "http-proxy", "localdisk")
@@ -47,13 +47,13 @@ class DaemonConfig:
         if isinstance(cfg.get("host"), str):
             cfg["host"] = no_userinfo(cfg["host"])
         if isinstance(cfg.get("proxy"), dict):
-            cfg["proxy"] = {**cfg["proxy"], **{k: no_userinfo(cfg["proxy"][k]) for k in (
+            cfg["proxy"] = {**cfg["proxy"], **{k: url_for_log(cfg["proxy"][k]) for k in (
                 "url", "ping_url") if isinstance(cfg["proxy"].get(k), str)}}
         if isinstance(cfg.get("mirrors"), list):  # their headers and URLs carry credentials too
             cfg["mirrors"] = [
                 {**m, "headers": {k: "" for k in m.get("headers") or {}}
                  if isinstance(m.get("headers"), dict) else m.get("headers"),
-                 **{k: no_userinfo(m[k]) for k in ("host", "ping_url")
+                 **{k: url_for_log(m[k]) for k in ("host", "ping_url")
                     if isinstance(m.get(k), str)}}
                 if isinstance(m, dict) else m for m in cfg["mirrors"]]
         st = self.storage
@@ -154,7 +154,7 @@ def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
         if "check_interval" in proxy:
             _seconds(proxy, "check_interval", 5)
         try:
-            parse_mirrors(cfg.get("mirrors"))
+            parse_mirrors(cfg.get("mirrors"), warn=False)
         except MirrorConfigError as e:
             raise ConfigError(str(e)) from None
         if cfg.get("blob_url_scheme") not in (None, "", "http", "https"):

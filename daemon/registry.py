@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 import warnings
+from collections import OrderedDict
 
 from .backends import (
     DEFAULT_RETRIES,
@@ -33,6 +34,11 @@ RENEW_AT = (0.7, 0.8)  # a bearer token is renewed at this part of its lifetime 
 RENEW_MIN_LIFETIME = 5.0  # shorter-lived tokens are renewed on their 401 only
 RENEW_BACKOFF_MAX = 60.0  # seconds between attempts while renewing fails
 TOKEN_RETRY_S = 1.0  # after a failed token request, 401s fail with its error for this long
+SERVED_BY_MAX = 4096  # ranges remembered with the mirror that served them
+
+
+class _ProxyDown(Exception):
+    """The proxy is down and `fallback` allows going around it (to the mirrors first)."""
 
 
 class RegistryBackend(Backend):
@@ -82,19 +88,19 @@ class RegistryBackend(Backend):
         except ValueError as e:
             raise BackendError(str(e)) from None
         self.closed = threading.Event()  # ends the mirrors' health checks
+        # which mirror served a range lately: charged when its bytes fail their digest
+        self.served_by: OrderedDict[tuple[str, int, int], Mirror] = OrderedDict()
 
     # -- HTTP plumbing ------------------------------------------------------------------------
 
     def _session(self):
         s = getattr(self.local, "session", None)
         if s is None:
-            import requests
+            from .httpwatch import session  # (requests is imported only when first needed)
 
-            s = requests.Session()
+            s = session(self.ssl_context if self.verify else None)
             s.headers["User-Agent"] = USER_AGENT
             s.trust_env = False
-            if self.ssl_context is not None and self.verify:
-                s.mount("https://", _tls_adapter(self.ssl_context))
             self.local.session = s
         return s
 
@@ -121,19 +127,41 @@ class RegistryBackend(Backend):
                         self.note_retry)
 
     def _attempt(self, blob_id: str, offset: int, size: int, direct: bool) -> bytes:
+        """One try, in nydusd's order: a usable proxy; then (when the proxy is down and
+        `fallback` allows, or there is none) each healthy mirror; then the registry itself.
+        `direct` (the last answer held bad data) leaves the mirrors out and charges the one that
+        gave it."""
+        self._maybe_renew()
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
-        for mirror in () if direct else self.mirrors:
-            if mirror.healthy:
-                data = self._from_mirror(mirror, blob_id, offset, size, headers)
-                if data is not None:
-                    return data
+        key = (blob_id, offset, size)
+        if direct and self.mirrors:
+            with self.lock:
+                served = self.served_by.pop(key, None)
+            if served is not None:
+                served.failed(BackendError("its bytes failed their digest"), self._ping_mirror,
+                              bad_data=True)
+        mirrors = [m for m in self.mirrors if m.healthy] if not direct else []
         url = self.redirects.get(blob_id) or self.base + blob_id
+        if mirrors and self.proxy_url:
+            try:
+                return _body(self._send(url, headers, blob_id, or_direct=False), offset, size,
+                             self._deadline())
+            except _ProxyDown:
+                pass
+        for mirror in mirrors:
+            data = self._from_mirror(mirror, blob_id, offset, size, headers)
+            if data is not None:
+                with self.lock:
+                    self.served_by[key] = mirror
+                    if len(self.served_by) > SERVED_BY_MAX:
+                        self.served_by.popitem(last=False)
+                return data
         r = self._send(url, headers, blob_id)
         deadline = self._deadline()
         return _body(r, offset, size, deadline)
 
-    def _send(self, url: str, headers: dict, blob_id: str):
-        """GET with auth negotiation, proxy fallback and hand-followed redirects."""
+    def _maybe_renew(self) -> None:
+        """Start renewing the bearer token in a thread when its renewal point has passed."""
         if time.monotonic() >= self.renew_at and not self.renewing:
             self.renewing = True  # (two threads may both start one: the lock lets one through)
             try:
@@ -141,17 +169,22 @@ class RegistryBackend(Backend):
                                  name="token-renewal").start()
             except RuntimeError:  # no thread to be had: the 401 path renews it instead
                 self.renewing = False
+
+    def _send(self, url: str, headers: dict, blob_id: str, or_direct: bool = True):
+        """GET with auth negotiation, proxy fallback and hand-followed redirects. `or_direct`
+        False: raise _ProxyDown instead of going to the registry directly when the proxy is
+        down (and `fallback` allows going around it)."""
         for _hop in range(MAX_REDIRECTS + 1):
             origin = same_origin(url, self.base)
             hdrs = dict(headers)
             if origin and self.auth_header:
                 hdrs["Authorization"] = self.auth_header
-            r = self._via_proxy_or_direct(url, hdrs)
+            r = self._via_proxy_or_direct(url, hdrs, or_direct)
             if r.status_code == 401 and origin:
                 r.close()
                 self._authenticate(r, hdrs.get("Authorization"), time.monotonic())
                 hdrs["Authorization"] = self.auth_header
-                r = self._via_proxy_or_direct(url, hdrs)
+                r = self._via_proxy_or_direct(url, hdrs, or_direct)
             if r.status_code in (301, 302, 303, 307, 308) and "Location" in r.headers:
                 url = self._redirect_target(urllib.parse.urljoin(url, r.headers["Location"]))
                 r.close()
@@ -171,10 +204,13 @@ class RegistryBackend(Backend):
         mirror or the registry). The mirror gets its own headers and the registry's current
         Authorization (a pull-through mirror relays it); a redirect to another host gets
         neither."""
+        from requests.structures import CaseInsensitiveDict
+
         url = mirror.url(self.base + blob_id)
-        hdrs = {**headers, **mirror.headers}
-        if self.auth_header and "Authorization" not in hdrs:
+        hdrs = CaseInsensitiveDict(headers)
+        if self.auth_header:
             hdrs["Authorization"] = self.auth_header
+        hdrs.update(mirror.headers)  # the mirror's own (an Authorization of its own wins)
         try:
             for _hop in range(MAX_REDIRECTS + 1):
                 r = self._get(url, hdrs, proxy=False)
@@ -224,7 +260,7 @@ class RegistryBackend(Backend):
             scheme=self.redirect_scheme or parts.scheme,
             netloc=self.redirect_host or parts.netloc))
 
-    def _via_proxy_or_direct(self, url: str, headers: dict):
+    def _via_proxy_or_direct(self, url: str, headers: dict, or_direct: bool = True):
         """Through the proxy when one is set and healthy, else (with `fallback`) straight to the
         origin. A proxy that failed (no connection, a timeout, a 5xx) is skipped for
         `check_interval` seconds, so that a dead proxy costs one request a timeout per interval,
@@ -246,6 +282,8 @@ class RegistryBackend(Backend):
                 if not self.proxy_fallback:
                     raise
                 self._proxy_failed(e)
+        if self.proxy_url and not or_direct:
+            raise _ProxyDown()
         return self._get(url, headers, proxy=False)
 
     def _proxy_failed(self, error: BackendError) -> None:
@@ -417,19 +455,6 @@ def _ssl_context(ca_files: list[str]) -> ssl.SSLContext | None:
         except (OSError, ssl.SSLError) as e:
             raise BackendError(f"ca_cert_files: cannot load {path}: {e}") from None
     return ctx
-
-
-def _tls_adapter(context: ssl.SSLContext):
-    """A requests adapter verifying servers against `context`'s trust store (defined here:
-    requests is imported only when first needed)."""
-    import requests.adapters
-
-    class TlsAdapter(requests.adapters.HTTPAdapter):
-        def init_poolmanager(self, *args, **kwargs):
-            kwargs["ssl_context"] = context
-            return super().init_poolmanager(*args, **kwargs)
-
-    return TlsAdapter()
 
 
 def _content_range(value: str) -> tuple[int, int] | None:

@@ -46,7 +46,8 @@ def mirror_has(mirror: Registry, blob_id: str) -> bool:
     """The mirror serves a range of the blob from its own storage (a 206, not the whole blob it
     streams from the registry while fetching it)."""
     r = requests.get(f"{mirror.url}/v2/{REPO}/blobs/sha256:{blob_id}",
-                     headers={"Range": "bytes=0-0"}, timeout=5)
+                     headers={"Range": "bytes=0-0"}, timeout=5, stream=True)
+    r.close()  # (a cold mirror streams the whole blob: not read here, node 1 made it fetch)
     return r.status_code == 206
 
 
@@ -92,7 +93,7 @@ def test_a_node_reads_through_the_mirror_while_the_registry_is_down_and_back(sam
         for rel in rest:
             assert (mnt2 / rel).read_bytes() == files[rel], rel
         out = node2.output()
-        assert f"mirror {mirror.url} failed 1 times in a row" in out, out
+        assert f"mirror {mirror.url} failed 1 times" in out, out
         node2.assert_clean_log()
     finally:
         for node in nodes:

@@ -4,6 +4,7 @@ config errors."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -104,9 +105,9 @@ def test_a_failing_mirror_is_left_out_until_its_health_url_answers(origin):
         return ranged(h) if state["up"] else (502, {}, b"bad gateway")
 
     mirror = ScriptedServer(flaky)
+    backend = registry_for(origin, mirrors=[{"host": mirror.url, "failure_limit": 2,
+                                             "health_check_interval": 0.2}])
     try:
-        backend = registry_for(origin, mirrors=[{"host": mirror.url, "failure_limit": 2,
-                                                 "health_check_interval": 0.2}])
         for _ in range(5):
             assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
         assert len(blob_gets(mirror)) == 2  # left out after 2 failures in a row
@@ -185,6 +186,10 @@ def _config(mirrors) -> str:
     ([{"host": "http://m", "failure_limit": "5"}], "'mirrors[0].failure_limit'"),
     ([{"host": "http://m", "health_check_interval": -1}], "'mirrors[0].health_check_interval'"),
     ([{"host": "http://m", "ping_url": "/ping"}], "'mirrors[0].ping_url'"),
+    ([{"host": "http://m", "headers": {"X-Euro": "caf\u20ac"}}], "'mirrors[0].headers'"),
+    ([{"host": "http://m", "headers": {"X(1)": "a"}}], "'mirrors[0].headers'"),
+    ([{"host": "http://m", "headers": {"range": "bytes=0-0"}}], "'mirrors[0].headers'"),
+    ([{"host": "http://m:0"}], "'mirrors[0].host'"),
 ])
 def test_a_bad_mirror_config_is_refused_naming_the_entry(mirrors, names):
     with pytest.raises(ConfigError, match=names.replace("[", r"\[").replace("]", r"\]")):
@@ -204,9 +209,10 @@ def test_old_mirror_keys_and_empty_hosts_are_accepted():
         "X-Dragonfly-Registry": ""}
 
 
-def test_bad_data_from_a_mirror_is_read_again_from_the_registry(tmp_path):
-    """A mirror whose copy of a blob is corrupt (right length, wrong bytes: only the chunk digests
-    tell) costs a second request, to the registry itself; the reader gets the right bytes."""
+def _corrupt_mirror_store(tmp_path, failure_limit: int = 5):
+    """A BlobStore of a built v6 image behind a registry and a mirror whose copy of the blob is
+    corrupt (right length, wrong bytes: only the chunk digests tell); `reads(again)` reads every
+    file (again: not from memory) and checks it against the source."""
     import subprocess
     import sys
     from pathlib import Path
@@ -226,21 +232,165 @@ def test_bad_data_from_a_mirror_is_read_again_from_the_registry(tmp_path):
 
     def serve(data):
         def respond(h):
+            if "Range" not in h.headers:  # the health check
+                return 200, {}, b"{}"
             a, b = (int(x) for x in h.headers["Range"][len("bytes="):].split("-"))
             return 206, {"Content-Range": f"bytes {a}-{b}/{len(data)}"}, data[a:b + 1]
         return respond
 
     origin = ScriptedServer(serve(blob))
     mirror = ScriptedServer(serve(bytes(x ^ 0x5A for x in blob)))
+    store = BlobStore(image, StorageOptions("registry", {
+        "scheme": "http", "host": f"127.0.0.1:{origin.port}", "repo": "lib/img",
+        "mirrors": [{"host": mirror.url, "failure_limit": failure_limit}]},
+        cache_type="", amplify_io=0))
+    files = [(p, i) for p, i in walk(image) if i.is_reg and i.size][:40]
+
+    def reads(again: bool = False) -> None:
+        if again:
+            store.fetcher.mem.clear()
+        for path, inode in files:
+            got = store.read(image.chunks(inode.ino, 0, inode.size))
+            assert got == (src / os.fsdecode(path.lstrip(b"/"))).read_bytes(), path
+
+    return store, mirror, origin, reads
+
+
+def test_bad_data_from_a_mirror_is_read_again_from_the_registry(tmp_path):
+    """A corrupt mirror costs a second request per run, to the registry itself, and the mirror
+    is charged a failure for each; the reader gets the right bytes."""
+    store, mirror, origin, reads = _corrupt_mirror_store(tmp_path, failure_limit=255)
     try:
-        store = BlobStore(image, StorageOptions("registry", {
-            "scheme": "http", "host": f"127.0.0.1:{origin.port}", "repo": "lib/img",
-            "mirrors": [{"host": mirror.url}]}, cache_type=""))
-        path, inode = max(((p, i) for p, i in walk(image) if i.is_reg), key=lambda x: x[1].size)
-        got = store.read(image.chunks(inode.ino, 0, inode.size))
-        assert inode.size > 0 and got == (src / path.decode().lstrip("/")).read_bytes()
-        assert mirror.seen and origin.seen  # the mirror first, then the registry for the retry
-        store.close()
+        reads()
+        assert len(blob_gets_any(mirror)) == len(blob_gets_any(origin)) > 0
+        assert store.backend.mirrors[0].bad == len(blob_gets_any(mirror))  # charged for each
     finally:
+        store.close()
         mirror.stop()
         origin.stop()
+
+
+def blob_gets_any(server) -> list:
+    return [s for s in server.seen if "/blobs/sha256:" in s[1]]
+
+
+def test_a_mirror_credential_of_its_own_replaces_the_registry_token(origin):
+    mirror = ScriptedServer(ranged)
+    try:
+        backend = registry_for(origin, registry_token="REGISTRY-SECRET", mirrors=[
+            {"host": mirror.url, "headers": {"authorization": "Basic bWlycm9yOnB3"}}])
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+        sent = {k.lower(): v for k, v in blob_gets(mirror)[0][2].items()}
+        assert sent["authorization"] == "Basic bWlycm9yOnB3" and sent["range"] == "bytes=0-9"
+        assert "REGISTRY-SECRET" not in repr(mirror.seen)
+    finally:
+        mirror.stop()
+
+
+def test_a_proxy_comes_first_then_the_mirrors_when_it_fails_with_fallback(origin):
+    """nydusd's order: a healthy proxy serves alone; a failing one (fallback true) hands the
+    read to the mirrors; with fallback false the mirrors are never asked."""
+    state = {"proxy_up": True}
+    proxy = ScriptedServer(lambda h: ranged(h) if state["proxy_up"] else (502, {}, b"down"))
+    mirror = ScriptedServer(ranged)
+    try:
+        backend = registry_for(origin, proxy={"url": proxy.url, "check_interval": 60},
+                               mirrors=[{"host": mirror.url}])
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+        assert len(proxy.seen) == 1 and mirror.seen == [] and origin.seen == []
+        state["proxy_up"] = False
+        for _ in range(3):
+            assert backend.read(BLOB_ID, 10, 10) == BLOB[10:20]
+        assert len(proxy.seen) == 2  # failed once, then skipped for check_interval
+        assert len(blob_gets(mirror)) == 3 and origin.seen == []
+        strict = registry_for(origin, retry_limit=0, proxy={"url": proxy.url, "fallback": False},
+                              mirrors=[{"host": mirror.url}])
+        with pytest.raises(BackendError):
+            strict.read(BLOB_ID, 0, 10)
+        assert len(blob_gets(mirror)) == 3 and origin.seen == []
+    finally:
+        proxy.stop()
+        mirror.stop()
+
+
+def test_a_mirror_with_bad_bytes_is_left_out_at_its_failure_limit(tmp_path):
+    from daemon.storage import BlobStore
+
+    store, mirror, origin, reads = _corrupt_mirror_store(tmp_path, failure_limit=1)
+    try:
+        reads()
+        assert not store.backend.mirrors[0].healthy
+        asked = len(blob_gets_any(mirror))
+        reads(again=True)
+        assert len(blob_gets_any(mirror)) == asked  # left out: the registry serves
+        assert isinstance(store, BlobStore)
+    finally:
+        store.close()
+        mirror.stop()
+        origin.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_mirror_trickling_its_headers_is_cut_off_at_the_timeout(origin):
+    """requests' timeout bounds each socket read only: a server sending its headers a byte at a
+    time would hold the read for ever. The read timeout now bounds the whole header."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def trickle(conn):
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 206 Partial Content\r\nX-Slow: ")
+            while not stop.wait(0.2):
+                conn.sendall(b"a")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        backend = registry_for(origin, timeout=1, mirrors=[
+            {"host": f"http://127.0.0.1:{port}", "failure_limit": 1, "health_check_interval": 60}])
+        t0 = time.monotonic()
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+        assert time.monotonic() - t0 < 3 and not backend.mirrors[0].healthy
+        slow = registry_for(ScriptedServer(ranged), host=f"127.0.0.1:{port}", timeout=1,
+                            retry_limit=0)
+        t0 = time.monotonic()
+        with pytest.raises(BackendError):
+            slow.read(BLOB_ID, 0, 10)
+        assert time.monotonic() - t0 < 10  # 4 attempts of 1 s and their backoff, not for ever
+        backend.close()
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_the_health_check_thread_ends_with_the_backend(origin):
+    import threading
+
+    backend = registry_for(origin, mirrors=[{"host": f"http://127.0.0.1:{free_port()}",
+                                             "failure_limit": 1, "health_check_interval": 30}])
+    backend.read(BLOB_ID, 0, 10)
+    assert any(t.name == "mirror-ping" for t in threading.enumerate())
+    backend.close()
+    deadline = time.monotonic() + 2
+    while any(t.name == "mirror-ping" for t in threading.enumerate()) and \
+            time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(t.name == "mirror-ping" for t in threading.enumerate())
