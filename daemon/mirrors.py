@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECK_S = 5.0
 DEFAULT_FAILURE_LIMIT = 5
 MIN_CHECK_S = 0.05  # a health check interval of 0 would spin
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
 # headers the client itself must set: a mirror's copy would break or change the request
 RESERVED = {"range", "host", "content-length", "transfer-encoding", "connection"}
 
@@ -138,7 +138,7 @@ def parse_mirrors(value, warn: bool = True) -> list[Mirror]:
                 isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             raise MirrorConfigError(f"'{where}.headers' must map names to strings")
         for k, v in headers.items():
-            if not _TOKEN.fullmatch(k) or not _header_value(v):
+            if not HEADER_NAME.fullmatch(k) or not header_value_ok(v):
                 raise MirrorConfigError(f"'{where}.headers': {k[:40]!r} is not a header name "
                                         "with a value of one line of Latin-1 text")
             if k.lower() in RESERVED:
@@ -154,7 +154,8 @@ def parse_mirrors(value, warn: bool = True) -> list[Mirror]:
     return out
 
 
-def _header_value(v: str) -> bool:
+def header_value_ok(v: str) -> bool:
+    """A header value that can be sent: one line of Latin-1 text."""
     try:
         v.encode("latin-1")
     except UnicodeEncodeError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import ssl
@@ -21,7 +22,14 @@ from .backends import (
     retrying,
     same_origin,
 )
-from .mirrors import Mirror, parse_mirrors, ping_until_healthy
+from .mirrors import (
+    HEADER_NAME,
+    RESERVED,
+    Mirror,
+    header_value_ok,
+    parse_mirrors,
+    ping_until_healthy,
+)
 from .storage_errors import BackendError, TemporaryBackendError
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,10 @@ class RegistryBackend(Backend):
         token = config.get("registry_token")
         self.auth_header: str | None = f"Bearer {token}" if token else None
         self.verify = not config.get("skip_verify", False)
+        # nydusd (since nydus#1915 only with skip_verify): a registry that does not speak TLS on
+        # its https URL is used over http from then on
+        self.may_downgrade = not self.verify and scheme == "https"
+        self.extra_headers = env_headers()
         if not self.verify and scheme == "https":
             log.warning("skip_verify: the registry's TLS certificate is not checked")
             warnings.filterwarnings("ignore", message="Unverified HTTPS request")  # said once
@@ -100,6 +112,7 @@ class RegistryBackend(Backend):
 
             s = session(self.ssl_context if self.verify else None)
             s.headers["User-Agent"] = USER_AGENT
+            s.headers.update(self.extra_headers)  # NYDUS_HEADER_<name>, on every request
             s.trust_env = False
             self.local.session = s
         return s
@@ -113,7 +126,21 @@ class RegistryBackend(Backend):
                                        verify=self.verify, allow_redirects=False, stream=True,
                                        proxies=proxies)
         except (requests.RequestException, ValueError) as e:  # ValueError: a malformed Location
+            if self.may_downgrade and not proxy and _tls_refused(e) and url.startswith(
+                    "https://") and same_origin(url, self.base):
+                self._downgrade(e)
             raise TemporaryBackendError(f"GET {_redact(url)}: {type(e).__name__}: {e}") from None
+
+    def _downgrade(self, error: Exception) -> None:
+        """The registry answered its https URL without TLS (or refused the connection): from now
+        on use http, as nydusd does with skip_verify (the attempt is retried)."""
+        with self.lock:
+            if not self.base.startswith("https://"):
+                return
+            self.base = "http://" + self.base[len("https://"):]
+            self.redirects.clear()
+        log.warning("registry %s does not speak TLS (%s): using http from now on (skip_verify "
+                    "allows it)", no_userinfo(self.base.split("/v2/", 1)[0]), type(error).__name__)
 
     def _deadline(self) -> float | None:
         """When a body that starts coming now must be in: `timeout` bounds each request."""
@@ -180,7 +207,19 @@ class RegistryBackend(Backend):
             if origin and self.auth_header:
                 hdrs["Authorization"] = self.auth_header
             r = self._via_proxy_or_direct(url, hdrs, or_direct)
-            if r.status_code == 401 and origin:
+            if r.status_code == 401 and origin and "Authorization" in hdrs:
+                # credentials were refused: ask again without them for a clean challenge (Harbor
+                # answers an expired token with a Basic one), as nydusd does
+                r.close()
+                sent = hdrs.pop("Authorization")
+                at = time.monotonic()
+                r = self._via_proxy_or_direct(url, hdrs, or_direct)
+                if r.status_code == 401:
+                    r.close()
+                    self._authenticate(r, sent, at)
+                    hdrs["Authorization"] = self.auth_header
+                    r = self._via_proxy_or_direct(url, hdrs, or_direct)
+            elif r.status_code == 401 and origin:
                 r.close()
                 self._authenticate(r, hdrs.get("Authorization"), time.monotonic())
                 hdrs["Authorization"] = self.auth_header
@@ -457,6 +496,35 @@ def _ssl_context(ca_files: list[str]) -> ssl.SSLContext | None:
     return ctx
 
 
+def _tls_refused(e: Exception) -> bool:
+    """An https request that failed as nydusd downgrades on: no TLS spoken there (wrong version
+    number and the like) or the connection refused."""
+    import requests
+
+    text = str(e).lower()
+    return isinstance(e, requests.exceptions.SSLError) or (
+        isinstance(e, requests.exceptions.ConnectionError)
+        and ("wrong version number" in text or "connection refused" in text or "ssl" in text))
+
+
+ENV_HEADER_PREFIX = "NYDUS_HEADER_"
+
+
+def env_headers(environ=None) -> dict[str, str]:
+    """The extra headers of `NYDUS_HEADER_<Name>=<value>` variables (nydusd sends them on every
+    backend request). Unsendable ones and those the client sets itself are skipped, logged."""
+    out = {}
+    for key, value in (os.environ if environ is None else environ).items():
+        if not key.startswith(ENV_HEADER_PREFIX):
+            continue
+        name = key[len(ENV_HEADER_PREFIX):]
+        if not HEADER_NAME.fullmatch(name) or not header_value_ok(value) or name.lower() in RESERVED:
+            log.warning("%s: not a header pynydusd can send: ignored", key[:80])
+            continue
+        out[name] = value
+    return out
+
+
 def _content_range(value: str) -> tuple[int, int] | None:
     """(first, last) of a `Content-Range: bytes first-last/total` header, None if unparsable."""
     unit, _, rest = value.strip().partition(" ")
@@ -468,9 +536,11 @@ def _content_range(value: str) -> tuple[int, int] | None:
 
 
 def _ignored_range(r, offset: int, size: int) -> bool:
-    """A 200 without Content-Range is the whole blob: fine only when that is what was asked."""
-    return r.status_code == 200 and "Content-Range" not in r.headers and not (
-        offset == 0 and r.headers.get("Content-Length") == str(size))
+    """A 200 without Content-Range and of another length than asked: the whole blob. (One of
+    exactly the asked length is the range, as nydusd takes it: a whole blob can have that
+    length only when the range starts at 0 and covers it all.)"""
+    return r.status_code == 200 and "Content-Range" not in r.headers and \
+        r.headers.get("Content-Length") != str(size)
 
 
 def _body(r, offset: int, size: int, deadline: float | None = None) -> bytes:
