@@ -182,7 +182,12 @@ def make_backend(kind: str, config: dict) -> Backend:
         from .registry import RegistryBackend
 
         return RegistryBackend(config)
-    raise BackendError(f"backend type {kind!r} is not supported (use registry or localfs)")
+    if kind == "http-proxy":
+        from .httpproxy import make_http_proxy
+
+        return make_http_proxy(config)
+    raise BackendError(f"backend type {kind!r} is not supported (use registry, http-proxy or "
+                       "localfs)")
 
 
 def no_userinfo(url: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 
 from .backends import no_userinfo
@@ -46,6 +47,8 @@ class DaemonConfig:
                 cfg[key] = ""
         if isinstance(cfg.get("host"), str):
             cfg["host"] = no_userinfo(cfg["host"])
+        if isinstance(cfg.get("addr"), str) and cfg["addr"].startswith(("http://", "https://")):
+            cfg["addr"] = url_for_log(cfg["addr"])
         if isinstance(cfg.get("proxy"), dict):
             cfg["proxy"] = {**cfg["proxy"], **{k: url_for_log(cfg["proxy"][k]) for k in (
                 "url", "ping_url") if isinstance(cfg["proxy"].get(k), str)}}
@@ -130,21 +133,28 @@ _FIELDS = {
                  "blob_url_scheme": _str, "blob_redirected_host": _str,
                  "ca_cert_files": _strings},
     "localfs": {"dir": _str, "blob_file": _str},
+    "http-proxy": {"addr": _str, "path": _str, "skip_verify": lambda d, k: _bool(d, k, False),
+                   "timeout": lambda d, k: _seconds(d, k, 5),
+                   "connect_timeout": lambda d, k: _seconds(d, k, 5),
+                   "retry_limit": lambda d, k: _int(d, k, 0, 0, 1000),
+                   "ca_cert_files": _strings},
 }
+HTTP_BACKENDS = ("registry", "http-proxy")  # the backends with proxy, mirrors and TLS options
 
 
 def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
     if not isinstance(kind, str) or kind not in BACKENDS:
         raise ConfigError(f"unknown backend type {kind!r}")
-    if kind not in ("registry", "localfs"):
-        raise ConfigError(f"backend type {kind!r} is not supported by pynydusd (registry, localfs)")
+    if kind not in ("registry", "localfs", "http-proxy"):
+        raise ConfigError(f"backend type {kind!r} is not supported by pynydusd (registry, "
+                          "http-proxy, localfs)")
     if cfg is not None and not isinstance(cfg, dict):
         raise ConfigError(f"the {kind} backend's config must be an object, not {cfg!r:.40}")
     cfg = dict(cfg or {})
     for key, check in _FIELDS[kind].items():
         if cfg.get(key) is not None:
             check(cfg, key)
-    if kind == "registry":
+    if kind in HTTP_BACKENDS:
         proxy = _section(cfg, "proxy")
         _str(proxy, "url")
         _str(proxy, "ping_url")
@@ -164,6 +174,19 @@ def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
         raise ConfigError("'alt_dirs' must be a list of strings")
     if kind == "registry" and (not cfg.get("host") or not cfg.get("repo")):
         raise ConfigError("registry backend needs 'host' and 'repo'")
+    if kind == "http-proxy":
+        addr = cfg.get("addr") or ""
+        if addr.startswith(("http://", "https://")):
+            try:
+                parts = urllib.parse.urlsplit(addr)
+                parts.port  # noqa: B018 - a bad port raises here
+            except ValueError:
+                raise ConfigError(f"http-proxy 'addr' is not a URL: {addr[:80]!r}") from None
+            if not parts.hostname:
+                raise ConfigError(f"http-proxy 'addr' has no host: {addr[:80]!r}")
+        elif not os.path.isabs(addr):
+            raise ConfigError("http-proxy backend needs 'addr': an http:// or https:// URL or "
+                              "the absolute path of a Unix socket")
     if kind == "localfs":
         if not cfg.get("dir") and not cfg.get("blob_file"):
             raise ConfigError("localfs backend needs 'dir' or 'blob_file'")
@@ -210,6 +233,9 @@ def parse_v1(d: dict) -> DaemonConfig:
     if d.get("mode") not in ("direct", "cached"):
         raise ConfigError(f"'mode' must be 'direct' or 'cached', not {d.get('mode')!r:.40}")
     backend = device["backend"]
+    if backend.get("type") == "http-proxy":
+        raise ConfigError("backend type 'http-proxy' needs a v2 config (nydusd's v1 configs do "
+                          "not take it)")
     kind, cfg = _backend(backend.get("type", ""), backend.get("config"))
     opts = StorageOptions(kind, cfg)
     cache = _section(device, "cache")

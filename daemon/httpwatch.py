@@ -100,6 +100,28 @@ class _TLSPool(urllib3.connectionpool.HTTPSConnectionPool):
 _POOLS = {"http": _Pool, "https": _TLSPool}
 
 
+class _UnixConnection(_Watched, urllib3.connection.HTTPConnection):
+    """HTTP over the Unix socket `socket_path` (set by unix_connection_class)."""
+
+    socket_path = ""
+
+    def _new_conn(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout if isinstance(self.timeout, int | float) else None)
+        try:
+            s.connect(self.socket_path)
+        except OSError:
+            s.close()
+            raise
+        return s
+
+
+def unix_connection_class(path: str) -> type:
+    """A urllib3 connection class speaking HTTP over the Unix socket at `path`, its response
+    headers bounded by the read timeout as in `session`."""
+    return type("UnixConnection", (_UnixConnection,), {"socket_path": path})
+
+
 class _Adapter(requests.adapters.HTTPAdapter):
     """Watched connections, directly and through a proxy; `ssl_context` (extra CAs) if given."""
 

@@ -54,13 +54,16 @@ class RegistryBackend(Backend):
 
     kind = "registry"
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict, base: str | None = None) -> None:
+        """`base`: the URL blob ids are appended to, instead of the registry's (http-proxy)."""
         super().__init__()
         host, repo = config.get("host", ""), config.get("repo", "")
-        if not host or not repo:
+        if base is None and (not host or not repo):
             raise BackendError("registry backend needs 'host' and 'repo'")
         scheme = "http" if config.get("scheme") == "http" else "https"
-        self.base = f"{scheme}://{host}/v2/{repo.strip('/')}/blobs/sha256:"
+        if base is not None:
+            scheme = urllib.parse.urlsplit(base).scheme
+        self.base = base or f"{scheme}://{host}/v2/{repo.strip('/')}/blobs/sha256:"
         self.basic = basic_auth_header(config["auth"]) if config.get("auth") else None
         token = config.get("registry_token")
         self.auth_header: str | None = f"Bearer {token}" if token else None
