@@ -25,10 +25,15 @@ def make_http_proxy(config: dict) -> Backend:
     if addr.startswith(("http://", "https://")):
         path = (config.get("path") or "").strip("/")
         base = addr.rstrip("/") + "/" + (path + "/" if path else "")
-        backend = RegistryBackend(config, base=base)
-        backend.kind = "http-proxy"
-        return backend
+        return RemoteHttpBackend(config, base=base)
     return UnixSocketBackend(config)
+
+
+class RemoteHttpBackend(RegistryBackend):
+    """The registry client on plain blob URLs (no registry credentials to replace)."""
+
+    kind = "http-proxy"
+    set_auth = Backend.set_auth
 
 
 class UnixSocketBackend(Backend):
