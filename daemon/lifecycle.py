@@ -112,7 +112,29 @@ def lazy_unmount(path: str, force: bool = False) -> bool:
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOENT, errno.ENOTCONN):
         return False
+    if err == errno.EPERM and os.geteuid() != 0:
+        return _fusermount_unmount(path)
     raise OSError(err, f"cannot unmount {path}: {os.strerror(err)}")
+
+
+def _fusermount_unmount(path: str) -> bool:
+    """An unprivileged lazy unmount of our own FUSE mount: fusermount3 -u -z."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which(FUSERMOUNT)
+    if exe is None:
+        raise OSError(errno.EPERM, f"cannot unmount {path} without root or {FUSERMOUNT}")
+    try:
+        proc = subprocess.run([exe, "-u", "-z", "--", path], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise OSError(errno.EIO, f"{FUSERMOUNT} -u failed: {e}") from None
+    if proc.returncode == 0:
+        return True
+    if "not mounted" in proc.stderr or "not found in" in proc.stderr:
+        return False
+    raise OSError(errno.EPERM, f"cannot unmount {path}: {proc.stderr.strip()[:300]}")
 
 
 FUSECTL = "/sys/fs/fuse/connections"
@@ -212,12 +234,61 @@ MAX_READ = 1 << 20
 
 
 def kernel_mount(mountpoint: str) -> int:
-    """Mount FUSE at `mountpoint` directly with mount(2); return the /dev/fuse fd.
+    """Mount FUSE at `mountpoint` directly with mount(2); return the /dev/fuse fd. Without the
+    privilege for that, the setuid helper fusermount3 mounts it (as libfuse would).
 
     Doing this before pyfuse3 and trio are imported puts the mount in place within tens of
     milliseconds of exec. The kernel queues requests until the FUSE session (started later on
     `/dev/fd/<fd>`) answers INIT, so early callers (overlayfs) simply wait for replies.
     """
+    try:
+        return _mount_syscall(mountpoint)
+    except OSError as e:
+        if os.geteuid() == 0 or e.errno not in (errno.EPERM, errno.EACCES):
+            raise
+        return fusermount_mount(mountpoint)
+
+
+FUSERMOUNT = "fusermount3"
+
+
+def fusermount_mount(mountpoint: str) -> int:
+    """Mount through fusermount3 (setuid root): it opens /dev/fuse, mounts, and passes the fd
+    back over a socket named by _FUSE_COMMFD. Return that fd."""
+    import shutil
+    import socket
+    import subprocess
+
+    exe = shutil.which(FUSERMOUNT)
+    if exe is None:
+        raise OSError(errno.EPERM, f"cannot mount FUSE at {mountpoint} without root, and "
+                                   f"{FUSERMOUNT} (Debian package fuse3) is not installed")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        opts = f"ro,nosuid,nodev,noatime,default_permissions,max_read={MAX_READ},fsname=rafs"
+        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
+        try:
+            proc = subprocess.run([exe, "-o", opts, "--", mountpoint], env=env,
+                                  pass_fds=(theirs.fileno(),), capture_output=True, text=True,
+                                  timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise OSError(errno.EIO, f"{FUSERMOUNT} failed: {e}") from None
+        theirs.close()
+        if proc.returncode != 0:
+            raise OSError(errno.EPERM, f"cannot mount FUSE at {mountpoint}: "
+                                       f"{proc.stderr.strip()[:300] or FUSERMOUNT + ' failed'}")
+        ours.settimeout(5)
+        _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
+        if not fds:
+            raise OSError(errno.EIO, f"{FUSERMOUNT} mounted {mountpoint} but sent no fd")
+        os.set_inheritable(fds[0], False)
+        return fds[0]
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _mount_syscall(mountpoint: str) -> int:
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     opts = (f"fd={fd},rootmode=40000,user_id={os.geteuid()},group_id={os.getegid()},"
             f"default_permissions,max_read={MAX_READ}")
