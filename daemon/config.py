@@ -8,6 +8,7 @@ relative paths resolve against the process's working directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import urllib.parse
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from .backends import no_userinfo
 from .mirrors import MirrorConfigError, parse_mirrors, url_for_log
 from .storage import StorageOptions
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("registry", "localfs", "oss", "s3", "http-proxy", "localdisk")
 CACHES = ("blobcache", "filecache", "fscache", "dummycache", "")
@@ -196,6 +199,13 @@ def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
     return kind, cfg
 
 
+def _compressed(cache: dict) -> None:
+    """nydusd's `cache.compressed` (keep chunks compressed on disk) is not done here: said once."""
+    if _bool(cache, "compressed", False):
+        log.warning("cache 'compressed': pynydusd keeps cached chunks decompressed (they take "
+                    "more disk; reads need no decompression)")
+
+
 def _cache(kind: str, cfg: dict, opts: StorageOptions) -> None:
     if not isinstance(kind, str) or kind not in CACHES:
         raise ConfigError(f"unknown cache type {kind!r}")
@@ -241,6 +251,7 @@ def parse_v1(d: dict) -> DaemonConfig:
     cache = _section(device, "cache")
     _cache(cache.get("type", ""), _section(cache, "config"), opts)
     opts.cache_validate = _bool(cache, "validate", False)
+    _compressed(cache)
     opts.digest_validate = _bool(d, "digest_validate", False)
     opts.amplify_io = _int(d, "amplify_io", 1 << 20, 0, 256 << 20)
     _prefetch(_section(d, "fs_prefetch"), opts, v1=True)
@@ -262,6 +273,7 @@ def parse_v2(d: dict) -> DaemonConfig:
     _cache(ckind, _section(cache, ckind) or (_section(cache, "filecache")
                                              if ckind == "blobcache" else {}), opts)
     opts.cache_validate = _bool(cache, "validate", False)
+    _compressed(cache)
     rafs_cfg = _section(d, "rafs")
     mode = rafs_cfg.get("mode", "direct")
     if mode not in ("direct", "cached"):

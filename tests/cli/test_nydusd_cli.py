@@ -210,3 +210,23 @@ def test_cache_encryption_is_refused_not_ignored():
         parse_config_text(json.dumps(v1))
     v1["device"]["cache"]["config"]["enable_encryption"] = False
     assert parse_config_text(json.dumps(v1)).storage.cache_type == "blobcache"
+
+
+def test_cache_compressed_is_accepted_and_said_to_be_not_done(caplog):
+    """nydusd's `compressed` cache keeps chunks compressed on disk; pynydusd keeps them
+    decompressed and says so, rather than ignore the key without a word."""
+    import logging
+
+
+    text = ('{"device": {"backend": {"type": "localfs", "config": {"dir": "/tmp"}}, "cache": '
+            '{"type": "blobcache", "compressed": %s, "config": {"work_dir": "/tmp/c"}}}, '
+            '"mode": "direct"}')
+    with caplog.at_level(logging.WARNING, logger="daemon.config"):
+        parse_config_text(text % "true")
+    assert "keeps cached chunks decompressed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daemon.config"):
+        parse_config_text(text % "false")
+    assert caplog.text == ""
+    with pytest.raises(ConfigError, match="'compressed' must be true or false"):
+        parse_config_text(text % '"yes"')
