@@ -15,7 +15,7 @@ import threading
 import time
 
 from .backends import DEFAULT_RETRIES, Backend, retrying
-from .registry import RegistryBackend, _body, _redact
+from .registry import RegistryBackend, _body, _redact, scrub_queries
 from .storage_errors import BackendError, TemporaryBackendError
 
 
@@ -85,7 +85,7 @@ class UnixSocketBackend(Backend):
                 timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]))
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise TemporaryBackendError(f"GET / on {_redact(self.path)}: {type(e).__name__}: "
-                                        f"{e}") from None
+                                        f"{scrub_queries(str(e))}") from None
         deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
         return _body(_Answer(resp), offset, size, deadline)
 

@@ -34,7 +34,7 @@ class _Watchdog:
 
     def watch(self, sock, seconds: float) -> list:
         """Watch `sock` for `seconds`; release the returned entry with `done`."""
-        entry = [time.monotonic() + seconds, next(self.ids), sock]
+        entry = [time.monotonic() + seconds, next(self.ids), sock, False]  # [3]: it fired
         with self.cond:
             heapq.heappush(self.heap, entry)
             if self.thread is None:
@@ -45,9 +45,11 @@ class _Watchdog:
                 self.cond.notify()
         return entry
 
-    def done(self, entry: list) -> None:
+    def done(self, entry: list) -> bool:
+        """Release `entry`; True when its deadline had passed (its socket is shut)."""
         with self.cond:
             entry[2] = None  # (left in the heap; dropped when its time comes)
+            return entry[3]
 
     def _run(self) -> None:
         while True:
@@ -55,30 +57,52 @@ class _Watchdog:
                 while not self.heap or self.heap[0][0] > time.monotonic():
                     self.cond.wait(self.heap[0][0] - time.monotonic() if self.heap else None)
                 entry = heapq.heappop(self.heap)
-                sock, entry[2] = entry[2], None
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                if entry[2] is not None:  # still waiting: shut it, under the lock, so that
+                    entry[3] = True       # `done` knows and the connection is never reused
+                    _shut(entry[2])
+                    entry[2] = None
+
+
+def _shut(sock) -> None:
+    """Shut the OS socket under `sock` (TLS in TLS through a proxy nests them): the blocked read
+    ends at once. Never raises."""
+    raw = sock
+    while not isinstance(raw, socket.socket) and getattr(raw, "socket", None) is not None:
+        raw = raw.socket
+    try:
+        socket.socket.shutdown(raw, socket.SHUT_RDWR)  # the plain call, even on an SSLSocket
+    except Exception:  # noqa: BLE001 - closed already, or not a socket at all: nothing to cut
+        pass
 
 
 WATCHDOG = _Watchdog()
 
 
 class _Watched:
-    """getresponse (the status line and headers) within the connection's read timeout."""
+    """The status line and headers of an answer, and a proxy's answer to CONNECT, within the
+    connection's timeout (the read timeout, the connect timeout for CONNECT)."""
 
-    def getresponse(self):
+    def _watched(self, call):
         seconds = self.timeout if isinstance(self.timeout, int | float) else None
         sock = getattr(self, "sock", None)
         if not seconds or sock is None:
-            return super().getresponse()
+            return call()
         entry = WATCHDOG.watch(sock, seconds)
         try:
-            return super().getresponse()
-        finally:
-            WATCHDOG.done(entry)
+            result = call()
+        except BaseException:
+            if WATCHDOG.done(entry):
+                raise TimeoutError(f"no complete answer within {seconds:g} s") from None
+            raise
+        if WATCHDOG.done(entry):  # what came before the cut is not a whole header block
+            raise TimeoutError(f"no complete answer within {seconds:g} s")
+        return result
+
+    def getresponse(self):
+        return self._watched(super().getresponse)
+
+    def _tunnel(self):
+        return self._watched(super()._tunnel)
 
 
 class _Connection(_Watched, urllib3.connection.HTTPConnection):
@@ -136,8 +160,9 @@ class _Adapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = _POOLS
 
     def proxy_manager_for(self, proxy, **kwargs):
-        if self.ssl_context is not None:
+        if self.ssl_context is not None:  # for the registry behind the proxy, and the proxy
             kwargs.setdefault("ssl_context", self.ssl_context)
+            kwargs.setdefault("proxy_ssl_context", self.ssl_context)
         manager = super().proxy_manager_for(proxy, **kwargs)
         if isinstance(manager, urllib3.poolmanager.PoolManager):
             manager.pool_classes_by_scheme = _POOLS

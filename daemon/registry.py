@@ -132,15 +132,25 @@ class RegistryBackend(Backend):
             if self.may_downgrade and not proxy and _tls_refused(e) and url.startswith(
                     "https://") and same_origin(url, self.base):
                 self._downgrade(e)
-            raise TemporaryBackendError(f"GET {_redact(url)}: {type(e).__name__}: {e}") from None
+            raise TemporaryBackendError(f"GET {_redact(url)}: {type(e).__name__}: "
+                                        f"{scrub_queries(str(e))}") from None
 
     def _downgrade(self, error: Exception) -> None:
         """The registry answered its https URL without TLS (or refused the connection): from now
-        on use http, as nydusd does with skip_verify (the attempt is retried)."""
+        on use http, as nydusd does with skip_verify (the attempt is retried) - once an http
+        request there has been answered at all (a registry merely restarting stays https)."""
+        import requests
+
+        http_base = "http://" + self.base[len("https://"):]
+        probe = http_base.split("/v2/", 1)[0] + "/v2/"
+        try:
+            self._session().get(probe, timeout=self.timeout, allow_redirects=False).close()
+        except (requests.RequestException, ValueError):
+            return
         with self.lock:
             if not self.base.startswith("https://"):
                 return
-            self.base = "http://" + self.base[len("https://"):]
+            self.base = http_base
             self.redirects.clear()
         log.warning("registry %s does not speak TLS (%s): using http from now on (skip_verify "
                     "allows it)", no_userinfo(self.base.split("/v2/", 1)[0]), type(error).__name__)
@@ -174,8 +184,10 @@ class RegistryBackend(Backend):
         url = self.redirects.get(blob_id) or self.base + blob_id
         if mirrors and self.proxy_url:
             try:
-                return _body(self._send(url, headers, blob_id, or_direct=False), offset, size,
+                data = _body(self._send(url, headers, blob_id, or_direct=False), offset, size,
                              self._deadline())
+                self._served_by_registry(key)
+                return data
             except _ProxyDown:
                 pass
         for mirror in mirrors:
@@ -188,7 +200,15 @@ class RegistryBackend(Backend):
                 return data
         r = self._send(url, headers, blob_id)
         deadline = self._deadline()
-        return _body(r, offset, size, deadline)
+        data = _body(r, offset, size, deadline)
+        self._served_by_registry(key)
+        return data
+
+    def _served_by_registry(self, key: tuple[str, int, int]) -> None:
+        """This range came from the registry (or the proxy): no mirror answers for it now."""
+        if self.served_by:
+            with self.lock:
+                self.served_by.pop(key, None)
 
     def _maybe_renew(self) -> None:
         """Start renewing the bearer token in a thread when its renewal point has passed."""
@@ -222,6 +242,10 @@ class RegistryBackend(Backend):
                     self._authenticate(r, sent, at)
                     hdrs["Authorization"] = self.auth_header
                     r = self._via_proxy_or_direct(url, hdrs, or_direct)
+                elif r.status_code < 400:  # it needs no credentials: stop sending refused ones
+                    with self.auth_lock:
+                        if self.auth_header == sent:
+                            self.auth_header = None
             elif r.status_code == 401 and origin:
                 r.close()
                 self._authenticate(r, hdrs.get("Authorization"), time.monotonic())
@@ -351,8 +375,7 @@ class RegistryBackend(Backend):
         import requests
 
         try:
-            while True:
-                time.sleep(self.proxy_check_s)
+            while not self.closed.wait(self.proxy_check_s):
                 try:
                     r = self._session().get(self.proxy_ping, timeout=self.timeout,
                                             verify=self.verify)
@@ -499,15 +522,28 @@ def _ssl_context(ca_files: list[str]) -> ssl.SSLContext | None:
     return ctx
 
 
-def _tls_refused(e: Exception) -> bool:
-    """An https request that failed as nydusd downgrades on: no TLS spoken there (wrong version
-    number and the like) or the connection refused."""
-    import requests
+def _tls_refused(e: BaseException) -> bool:
+    """An https request that failed as nydusd downgrades on: a TLS error (no TLS spoken there:
+    wrong version number and the like) or the connection refused, found among the causes."""
+    seen: set[int] = set()
+    stack: list = [e]
+    while stack:
+        x = stack.pop()
+        if not isinstance(x, BaseException) or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, ssl.SSLError | ConnectionRefusedError):
+            return True
+        stack += [x.__cause__, x.__context__, getattr(x, "reason", None), *x.args]
+    return False
 
-    text = str(e).lower()
-    return isinstance(e, requests.exceptions.SSLError) or (
-        isinstance(e, requests.exceptions.ConnectionError)
-        and ("wrong version number" in text or "connection refused" in text or "ssl" in text))
+
+_QUERY_RE = re.compile(r"\?[^\s'\")]*")
+
+
+def scrub_queries(text: str) -> str:
+    """`text` without URL query strings (presigned URLs sign there)."""
+    return _QUERY_RE.sub("?...", text)
 
 
 ENV_HEADER_PREFIX = "NYDUS_HEADER_"

@@ -201,7 +201,7 @@ def test_a_refused_token_is_answered_from_a_clean_challenge():
 def test_skip_verify_lets_an_https_url_fall_back_to_http_and_only_skip_verify():
     """nydusd (since nydus#1915): with skip_verify, a registry that does not speak TLS on its
     https URL is used over http; without it, no silent downgrade."""
-    s = ScriptedServer(ranged)
+    s = ScriptedServer(lambda h: (200, {}, b"{}") if h.path == "/v2/" else ranged(h))
     try:
         lax = make_backend("registry", {"host": f"127.0.0.1:{s.port}", "repo": "lib/img",
                                         "skip_verify": True})
@@ -237,3 +237,180 @@ def test_a_200_with_exactly_the_asked_bytes_is_the_range():
         assert registry_for(s).read(BLOB_ID, 100, 50) == BLOB[100:150]
     finally:
         s.stop()
+
+
+def _trickler(first: bytes, every: float = 0.2):
+    """A TCP server on 127.0.0.1 that answers every connection with `first`, then one byte of
+    header every `every` seconds, for ever. Returns (port, stop)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def trickle(conn):
+        try:
+            conn.recv(65536)
+            conn.sendall(first)
+            while not stop.wait(every):
+                conn.sendall(b"a")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def close():
+        stop.set()
+        listener.close()
+
+    return listener.getsockname()[1], close
+
+
+@pytest.mark.timeout(60)
+def test_a_header_block_cut_off_at_the_timeout_is_not_taken_as_complete():
+    """A redirect whose Location is still arriving when the timeout passes must not be followed
+    (and cached) as the part that came."""
+    import time
+
+    port, close = _trickler(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:1/b")
+    try:
+        backend = make_backend("registry", {"scheme": "http", "host": f"127.0.0.1:{port}",
+                                            "repo": "lib/img", "timeout": 1})
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match="Timeout|timed out|no complete answer"):
+            backend.read(BLOB_ID, 0, 10)
+        assert time.monotonic() - t0 < 15 and backend.redirects == {}
+    finally:
+        close()
+
+
+@pytest.mark.timeout(60)
+def test_a_proxy_trickling_its_connect_answer_is_cut_off():
+    import time
+
+    port, close = _trickler(b"HTTP/1.1 200 Connection established\r\nX-Slow: ")
+    try:
+        backend = make_backend("registry", {
+            "host": "registry.invalid", "repo": "lib/img", "timeout": 1, "connect_timeout": 1,
+            "proxy": {"url": f"http://127.0.0.1:{port}", "fallback": False}})
+        t0 = time.monotonic()
+        with pytest.raises(BackendError):
+            backend.read(BLOB_ID, 0, 10)
+        assert time.monotonic() - t0 < 15
+    finally:
+        close()
+
+
+def test_the_watchdog_survives_sockets_it_cannot_shut():
+    """TLS inside TLS (an https proxy) nests a transport without shutdown(); the watchdog thread
+    must live on and cut the sockets after it."""
+    import socket
+    import time
+
+    from daemon.httpwatch import WATCHDOG
+
+    class Nested:  # what urllib3's SSLTransport looks like: the real socket is inside
+        def __init__(self, inner):
+            self.socket = inner
+
+    for odd in (object(), Nested(object())):
+        WATCHDOG.done(WATCHDOG.watch(odd, 0.01))
+        entry = WATCHDOG.watch(odd, 0.01)
+        time.sleep(0.1)
+        assert WATCHDOG.done(entry) is True
+    a, b = socket.socketpair()
+    try:
+        entry = WATCHDOG.watch(Nested(a), 0.05)
+        a.settimeout(5)
+        assert a.recv(1) == b""  # cut: the blocked read ends with EOF
+        assert WATCHDOG.done(entry) is True
+    finally:
+        a.close()
+        b.close()
+
+
+def test_no_downgrade_for_errors_that_only_mention_ssl():
+    """The downgrade looks for a TLS error or a refused connection among the causes, not for
+    'ssl' in a message (which holds the URL: a repository named openssl)."""
+    backend = make_backend("registry", {"host": "registry.invalid", "repo": "library/openssl",
+                                        "skip_verify": True, "retry_limit": 0})
+    with pytest.raises(BackendError):
+        backend.read(BLOB_ID, 0, 10)
+    assert backend.base.startswith("https://registry.invalid/")
+
+
+def test_no_downgrade_while_nothing_answers_http_either():
+    from tests.servers import free_port
+
+    port = free_port()  # nothing listens: refused over https, and over http too
+    backend = make_backend("registry", {"host": f"127.0.0.1:{port}", "repo": "lib/img",
+                                        "skip_verify": True, "retry_limit": 0})
+    with pytest.raises(BackendError):
+        backend.read(BLOB_ID, 0, 10)
+    assert backend.base.startswith("https://")
+
+
+def test_presigned_signatures_stay_out_of_errors():
+    from tests.servers import free_port
+
+    dead = free_port()
+    reg = ScriptedServer(lambda h: (307, {"Location": f"http://127.0.0.1:{dead}/bucket/blob"
+                                          "?X-Amz-Signature=SECRETSIG"}, b""))
+    try:
+        with pytest.raises(BackendError) as info:
+            registry_for(reg, retry_limit=0).read(BLOB_ID, 0, 10)
+        assert "SECRETSIG" not in str(info.value)
+    finally:
+        reg.stop()
+
+
+def test_an_expired_token_on_a_public_repository_is_dropped():
+    def public(h):
+        if h.headers.get("Authorization"):
+            return 401, {"WWW-Authenticate": 'Basic realm="x"'}, b""
+        return ranged(h)
+
+    reg = ScriptedServer(public)
+    try:
+        backend = registry_for(reg, registry_token="expired")
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+        assert backend.read(BLOB_ID, 10, 10) == BLOB[10:20]
+        assert [h.get("Authorization") for _m, _p, h in reg.seen] == ["Bearer expired", None, None]
+    finally:
+        reg.stop()
+
+
+def test_the_proxy_health_thread_ends_with_the_backend():
+    import threading
+    import time
+
+    from tests.servers import free_port
+
+    origin = ScriptedServer(ranged)
+    try:
+        backend = registry_for(origin, proxy={"url": f"http://127.0.0.1:{free_port()}",
+                                              "ping_url": "http://127.0.0.1:1/ping",
+                                              "check_interval": 30})
+        before = {t for t in threading.enumerate() if t.name == "proxy-ping"}
+        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+        ours = {t for t in threading.enumerate() if t.name == "proxy-ping"} - before
+        assert ours
+        backend.close()
+        for t in ours:
+            t.join(2)
+        assert not any(t.is_alive() for t in ours)
+    finally:
+        origin.stop()
+    assert time
