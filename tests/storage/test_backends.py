@@ -520,3 +520,86 @@ def test_a_registry_with_a_private_ca_is_trusted_through_ca_cert_files(v5, tmp_p
             make_backend("registry", cfg | {"ca_cert_files": [str(tmp_path / "nope.pem")]})
     finally:
         reg.stop()
+
+
+class TlsConnectProxy:
+    """An HTTPS forward proxy on 127.0.0.1 (TLS to the client, then CONNECT tunnels), with the
+    certificate `cert`/`key`; it counts the tunnels it opened."""
+
+    def __init__(self, cert, key) -> None:
+        import socket
+        import ssl
+        import threading
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.tunnels = 0
+
+        def pipe(a, b):
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def handle(raw):
+            try:
+                conn = ctx.wrap_socket(raw, server_side=True)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(4096)
+                host, port = head.split()[1].decode().rsplit(":", 1)
+                upstream = socket.create_connection((host, int(port)))
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self.tunnels += 1
+                threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+                pipe(conn, upstream)
+            except (OSError, ValueError, IndexError):
+                raw.close()
+
+        def serve():
+            while True:
+                try:
+                    raw, _ = self.listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=handle, args=(raw,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+def test_an_https_proxy_with_a_private_ca_carries_tls_to_the_registry(v5, tmp_path):
+    """TLS inside TLS: the registry's TLS runs in a tunnel through an https proxy; ca_cert_files
+    vouches for both (one private CA here)."""
+    from tests.servers import make_tls
+
+    _boot, _blob_dir, blob = v5
+    data = blob.read_bytes()
+    ca, cert, key = make_tls(tmp_path / "tls")
+    reg = Registry(tmp_path / "reg", tls=(ca, cert, key))
+    proxy = TlsConnectProxy(cert, key)
+    try:
+        reg.push_blob("private/img", data)
+        cfg = {"scheme": "https", "host": f"127.0.0.1:{reg.port}", "repo": "private/img",
+               "ca_cert_files": [str(ca)], "retry_limit": 0,
+               "proxy": {"url": f"https://127.0.0.1:{proxy.port}", "fallback": False}}
+        backend = make_backend("registry", cfg)
+        assert backend.read(blob.name, 10, 1000) == data[10:1010]
+        assert backend.read(blob.name, 0, 10) == data[:10]
+        assert proxy.tunnels >= 1
+    finally:
+        proxy.stop()
+        reg.stop()
