@@ -335,35 +335,9 @@ def test_a_mirror_with_bad_bytes_is_left_out_at_its_failure_limit(tmp_path):
 def test_a_mirror_trickling_its_headers_is_cut_off_at_the_timeout(origin):
     """requests' timeout bounds each socket read only: a server sending its headers a byte at a
     time would hold the read for ever. The read timeout now bounds the whole header."""
-    import socket
-    import threading
+    from tests.storage.test_registry_http import _trickler
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    stop = threading.Event()
-
-    def trickle(conn):
-        try:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 206 Partial Content\r\nX-Slow: ")
-            while not stop.wait(0.2):
-                conn.sendall(b"a")
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    port = listener.getsockname()[1]
+    port, close = _trickler(b"HTTP/1.1 206 Partial Content\r\nX-Slow: ")
     backend = registry_for(origin, timeout=1, mirrors=[
         {"host": f"http://127.0.0.1:{port}", "failure_limit": 1, "health_check_interval": 60}])
     try:
@@ -378,18 +352,24 @@ def test_a_mirror_trickling_its_headers_is_cut_off_at_the_timeout(origin):
         assert time.monotonic() - t0 < 10  # 4 attempts of 1 s and their backoff, not for ever
     finally:
         backend.close()
-        stop.set()
-        listener.close()
+        close()
 
 
-def test_the_health_check_thread_ends_with_the_backend(origin):
+@pytest.mark.parametrize("thread, config", [
+    ("mirror-ping", lambda: {"mirrors": [{"host": f"http://127.0.0.1:{free_port()}",
+                                          "failure_limit": 1, "health_check_interval": 30}]}),
+    ("proxy-ping", lambda: {"proxy": {"url": f"http://127.0.0.1:{free_port()}",
+                                      "ping_url": "http://127.0.0.1:1/ping",
+                                      "check_interval": 30}}),
+])
+def test_health_check_threads_end_with_the_backend(origin, thread, config):
+    """A dead mirror or proxy is asked every 30 s in a thread; closing the backend ends it."""
     import threading
 
-    before = {t for t in threading.enumerate() if t.name == "mirror-ping"}
-    backend = registry_for(origin, mirrors=[{"host": f"http://127.0.0.1:{free_port()}",
-                                             "failure_limit": 1, "health_check_interval": 30}])
-    backend.read(BLOB_ID, 0, 10)
-    ours = {t for t in threading.enumerate() if t.name == "mirror-ping"} - before
+    before = {t for t in threading.enumerate() if t.name == thread}
+    backend = registry_for(origin, **config())
+    assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
+    ours = {t for t in threading.enumerate() if t.name == thread} - before
     assert ours
     backend.close()
     for t in ours:

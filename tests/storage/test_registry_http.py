@@ -239,7 +239,7 @@ def test_a_200_with_exactly_the_asked_bytes_is_the_range():
         s.stop()
 
 
-def _trickler(first: bytes, every: float = 0.2):
+def _trickler(first: bytes, every: float = 0.2):  # (also used by test_mirrors)
     """A TCP server on 127.0.0.1 that answers every connection with `first`, then one byte of
     header every `every` seconds, for ever. Returns (port, stop)."""
     import socket
@@ -390,27 +390,3 @@ def test_an_expired_token_on_a_public_repository_is_dropped():
         assert [h.get("Authorization") for _m, _p, h in reg.seen] == ["Bearer expired", None, None]
     finally:
         reg.stop()
-
-
-def test_the_proxy_health_thread_ends_with_the_backend():
-    import threading
-    import time
-
-    from tests.servers import free_port
-
-    origin = ScriptedServer(ranged)
-    try:
-        backend = registry_for(origin, proxy={"url": f"http://127.0.0.1:{free_port()}",
-                                              "ping_url": "http://127.0.0.1:1/ping",
-                                              "check_interval": 30})
-        before = {t for t in threading.enumerate() if t.name == "proxy-ping"}
-        assert backend.read(BLOB_ID, 0, 10) == BLOB[:10]
-        ours = {t for t in threading.enumerate() if t.name == "proxy-ping"} - before
-        assert ours
-        backend.close()
-        for t in ours:
-            t.join(2)
-        assert not any(t.is_alive() for t in ours)
-    finally:
-        origin.stop()
-    assert time
