@@ -39,6 +39,9 @@ OPCODES = {"lookup": 1, "forget": 2, "getattr": 3, "readlink": 5, "open": 14, "r
            "readdir": 28, "releasedir": 29, "access": 34, "batch_forget": 42, "readdirplus": 44}
 
 
+TRACE = 5  # the level of --log-level trace (daemon.logs.LEVELS)
+
+
 def handler(name: str):
     """Wrap an operation: count it, note it in flight, and turn every failure into a FUSEError."""
     opcode = OPCODES.get(name, 0)
@@ -83,6 +86,11 @@ def handler(name: str):
                 if first and self.recording:
                     self.file_stats.record(name, first, ok,
                                            len(result) if ok and opcode == 15 else 0)
+                if log.isEnabledFor(TRACE):  # --log-level trace: one line per request
+                    log.log(TRACE, "%s%r: %s in %d us", name,
+                            tuple(a for a in args if isinstance(a, int | bytes | str)),
+                            "failed" if not ok else f"ino {result.st_ino}"
+                            if hasattr(result, "st_ino") else "ok", us)
         return op
     return wrap
 

@@ -383,3 +383,24 @@ def test_backend_info_describes_the_mounted_superblock(built, tmp_path, version)
         assert code == 404 and json.loads(body)["code"] == "UNDEFINED"
     finally:
         d.stop()
+
+
+def test_log_level_trace_logs_every_request(built, tmp_path):
+    """nydusd's --log-level trace prints a line per FUSE request; so does pynydusd."""
+    require_fuse()
+    tmp, src = built
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v5/bootstrap"), "--backend",
+                str(tmp / "v5/blobs"), "--log-level", "trace", str(mnt)], mnt)
+    try:
+        assert (mnt / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+        with pytest.raises(FileNotFoundError):
+            (mnt / "no-such-file").stat()
+        out = d.output()
+        ino = (mnt / "README.txt").stat().st_ino
+        assert f"lookup(1, b'README.txt'): ino {ino} in" in out, out
+        assert "lookup(1, b'no-such-file'): ino 0 in" in out  # a negative entry
+        assert " read(" in out and "): ok in" in out
+    finally:
+        d.stop()
