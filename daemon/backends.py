@@ -174,6 +174,14 @@ def retrying(attempts: int, op: Callable[[], bytes], what: str,
     raise AssertionError("unreachable")
 
 
+def http_limits(config: dict) -> tuple[tuple[float | None, float | None], int]:
+    """An HTTP backend's (connect, whole-request) timeouts in seconds (None: no limit, from 0)
+    and its retry count (retry_limit, at least DEFAULT_RETRIES)."""
+    connect, total = config.get("connect_timeout", 5), config.get("timeout", 5)
+    return (connect or None, total or None), max(int(config.get("retry_limit", 0) or 0),
+                                                 DEFAULT_RETRIES)
+
+
 def make_backend(kind: str, config: dict) -> Backend:
     """Build the backend named by nydusd's `backend.type` from its config fields."""
     if kind == "localfs":
@@ -197,6 +205,12 @@ def no_userinfo(url: str) -> str:
         scheme, rest = "", url
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     return scheme + sep + rest[:end].rpartition("@")[2] + rest[end:]
+
+
+def url_for_log(url: str) -> str:
+    """A URL fit for a log line or the API: no user:password@, no query (presigned URLs and
+    tokens live there), no fragment."""
+    return no_userinfo(urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl())
 
 
 def basic_auth_header(auth: str) -> str:

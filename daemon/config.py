@@ -13,8 +13,8 @@ import os
 import urllib.parse
 from dataclasses import dataclass, field
 
-from .backends import no_userinfo
-from .mirrors import MirrorConfigError, parse_mirrors, url_for_log
+from .backends import no_userinfo, url_for_log
+from .mirrors import MirrorConfigError, parse_mirrors
 from .storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -127,20 +127,16 @@ def _seconds(d: dict, key: str, default: float) -> float:
 
 # the typed fields of each backend's config (upstream rejects a config whose field has the wrong
 # type; a string "false" must never pass for false, least of all in skip_verify)
+_HTTP_FIELDS = {"skip_verify": lambda d, k: _bool(d, k, False),
+                "timeout": lambda d, k: _seconds(d, k, 5),
+                "connect_timeout": lambda d, k: _seconds(d, k, 5),
+                "retry_limit": lambda d, k: _int(d, k, 0, 0, 1000),
+                "ca_cert_files": _strings}
 _FIELDS = {
     "registry": {"scheme": _str, "host": _str, "repo": _str, "auth": _str, "registry_token": _str,
-                 "skip_verify": lambda d, k: _bool(d, k, False),
-                 "timeout": lambda d, k: _seconds(d, k, 5),
-                 "connect_timeout": lambda d, k: _seconds(d, k, 5),
-                 "retry_limit": lambda d, k: _int(d, k, 0, 0, 1000),
-                 "blob_url_scheme": _str, "blob_redirected_host": _str,
-                 "ca_cert_files": _strings},
+                 "blob_url_scheme": _str, "blob_redirected_host": _str, **_HTTP_FIELDS},
     "localfs": {"dir": _str, "blob_file": _str},
-    "http-proxy": {"addr": _str, "path": _str, "skip_verify": lambda d, k: _bool(d, k, False),
-                   "timeout": lambda d, k: _seconds(d, k, 5),
-                   "connect_timeout": lambda d, k: _seconds(d, k, 5),
-                   "retry_limit": lambda d, k: _int(d, k, 0, 0, 1000),
-                   "ca_cert_files": _strings},
+    "http-proxy": {"addr": _str, "path": _str, **_HTTP_FIELDS},
 }
 HTTP_BACKENDS = ("registry", "http-proxy")  # the backends with proxy, mirrors and TLS options
 

@@ -23,6 +23,7 @@ import trio
 import rafs
 
 from .filestats import FOPS, FileStats, fuse_ino, image_ino
+from .logs import TRACE
 from .metrics import read_latency_bucket, size_bucket
 from .storage_errors import StorageError, WouldBlock
 
@@ -37,9 +38,6 @@ NAME_MAX = 255
 OPCODES = {"lookup": 1, "forget": 2, "getattr": 3, "readlink": 5, "open": 14, "read": 15,
            "statfs": 17, "release": 18, "getxattr": 22, "listxattr": 23, "opendir": 27,
            "readdir": 28, "releasedir": 29, "access": 34, "batch_forget": 42, "readdirplus": 44}
-
-
-TRACE = 5  # the level of --log-level trace (daemon.logs.LEVELS)
 
 
 def handler(name: str):

@@ -14,8 +14,8 @@ import stat
 import threading
 import time
 
-from .backends import DEFAULT_RETRIES, Backend, retrying
-from .registry import RegistryBackend, _body, _redact, scrub_queries
+from .backends import Backend, http_limits, retrying
+from .registry import RegistryBackend, _body, scrub_queries
 from .storage_errors import BackendError, TemporaryBackendError
 
 
@@ -54,9 +54,7 @@ class UnixSocketBackend(Backend):
         if not stat.S_ISSOCK(mode):
             raise BackendError(f"http-proxy 'addr' {addr} is not a Unix socket")
         self.path = addr
-        connect, total = config.get("connect_timeout", 5), config.get("timeout", 5)
-        self.timeout = (connect or None, total or None)
-        self.retries = max(int(config.get("retry_limit", 0) or 0), DEFAULT_RETRIES)
+        self.timeout, self.retries = http_limits(config)
         self.local = threading.local()
 
     def _pool(self):
@@ -84,7 +82,7 @@ class UnixSocketBackend(Backend):
                 preload_content=False, retries=False, redirect=False,
                 timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]))
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise TemporaryBackendError(f"GET / on {_redact(self.path)}: {type(e).__name__}: "
+            raise TemporaryBackendError(f"GET / on {self.path}: {type(e).__name__}: "
                                         f"{scrub_queries(str(e))}") from None
         deadline = time.monotonic() + self.timeout[1] if self.timeout[1] else None
         return _body(_Answer(resp), offset, size, deadline)

@@ -117,19 +117,25 @@ def lazy_unmount(path: str, force: bool = False) -> bool:
     raise OSError(err, f"cannot unmount {path}: {os.strerror(err)}")
 
 
-def _fusermount_unmount(path: str) -> bool:
-    """An unprivileged lazy unmount of our own FUSE mount: fusermount3 -u -z."""
+def _fusermount(args: list[str], what: str, **kwargs):
+    """Run fusermount3 with `args` (the CompletedProcess); OSError when it is missing, cannot
+    run or hangs. `what` says what could not be done without it."""
     import shutil
     import subprocess
 
     exe = shutil.which(FUSERMOUNT)
     if exe is None:
-        raise OSError(errno.EPERM, f"cannot unmount {path} without root or {FUSERMOUNT}")
+        raise OSError(errno.EPERM, f"cannot {what} without root, and {FUSERMOUNT} (Debian "
+                                   "package fuse3) is not installed")
     try:
-        proc = subprocess.run([exe, "-u", "-z", "--", path], capture_output=True, text=True,
-                              timeout=30)
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=30, **kwargs)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise OSError(errno.EIO, f"{FUSERMOUNT} -u failed: {e}") from None
+        raise OSError(errno.EIO, f"{FUSERMOUNT} failed: {e}") from None
+
+
+def _fusermount_unmount(path: str) -> bool:
+    """An unprivileged lazy unmount of our own FUSE mount: fusermount3 -u -z."""
+    proc = _fusermount(["-u", "-z", "--", path], f"unmount {path}")
     if proc.returncode == 0:
         return True
     if "not mounted" in proc.stderr or "not found in" in proc.stderr:
@@ -255,24 +261,14 @@ FUSERMOUNT = "fusermount3"
 def fusermount_mount(mountpoint: str) -> int:
     """Mount through fusermount3 (setuid root): it opens /dev/fuse, mounts, and passes the fd
     back over a socket named by _FUSE_COMMFD. Return that fd."""
-    import shutil
     import socket
-    import subprocess
 
-    exe = shutil.which(FUSERMOUNT)
-    if exe is None:
-        raise OSError(errno.EPERM, f"cannot mount FUSE at {mountpoint} without root, and "
-                                   f"{FUSERMOUNT} (Debian package fuse3) is not installed")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         opts = f"ro,nosuid,nodev,noatime,default_permissions,max_read={MAX_READ},fsname=rafs"
-        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
-        try:
-            proc = subprocess.run([exe, "-o", opts, "--", mountpoint], env=env,
-                                  pass_fds=(theirs.fileno(),), capture_output=True, text=True,
-                                  timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise OSError(errno.EIO, f"{FUSERMOUNT} failed: {e}") from None
+        proc = _fusermount(["-o", opts, "--", mountpoint], f"mount FUSE at {mountpoint}",
+                           env=dict(os.environ, _FUSE_COMMFD=str(theirs.fileno())),
+                           pass_fds=(theirs.fileno(),))
         theirs.close()
         if proc.returncode != 0:
             raise OSError(errno.EPERM, f"cannot mount FUSE at {mountpoint}: "

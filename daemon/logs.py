@@ -13,9 +13,10 @@ import sys
 import threading
 import time
 
-LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+TRACE = 5  # below DEBUG: --log-level trace (one line per FUSE request)
+LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR, "off": logging.CRITICAL + 10}
-logging.addLevelName(5, "TRACE")
+logging.addLevelName(TRACE, "TRACE")
 
 
 class NydusFormatter(logging.Formatter):

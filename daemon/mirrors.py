@@ -18,7 +18,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
-from .backends import no_userinfo
+from .backends import no_userinfo, url_for_log
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,6 @@ class Mirror:
         log.info("mirror %s answers again: it is used again", self.name())
 
 
-def url_for_log(url: str) -> str:
-    """A URL without user:password@ and without its query (which may carry a token)."""
-    return no_userinfo(urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl())
-
-
 def parse_mirrors(value, warn: bool = True) -> list[Mirror]:
     """The `mirrors` of a backend config: a list of {host, ping_url, headers,
     health_check_interval, failure_limit} (other keys of older releases, auth_through and
@@ -175,16 +170,3 @@ def _http_url(url: str, where: str) -> urllib.parse.SplitResult:
                                 f"{no_userinfo(url)[:80]!r}")
     return parts
 
-
-def ping_until_healthy(mirror: Mirror, get, stop: threading.Event | None = None) -> None:
-    """Ask the mirror's health URL every check_s seconds until it answers below 500, then use
-    the mirror again. `get(url)` returns a status code or raises."""
-    stop = stop or threading.Event()
-    while not stop.wait(mirror.check_s):
-        try:
-            status = get(mirror.ping_url)
-        except Exception:  # noqa: BLE001 - any failure means: not yet
-            continue
-        if status < 500 and not stop.is_set():
-            mirror.recovered()
-            return

@@ -15,12 +15,13 @@ import warnings
 from collections import OrderedDict
 
 from .backends import (
-    DEFAULT_RETRIES,
     Backend,
     basic_auth_header,
+    http_limits,
     no_userinfo,
     retrying,
     same_origin,
+    url_for_log,
 )
 from .mirrors import (
     HEADER_NAME,
@@ -28,7 +29,6 @@ from .mirrors import (
     Mirror,
     header_value_ok,
     parse_mirrors,
-    ping_until_healthy,
 )
 from .storage_errors import BackendError, TemporaryBackendError
 
@@ -75,9 +75,7 @@ class RegistryBackend(Backend):
         if not self.verify and scheme == "https":
             log.warning("skip_verify: the registry's TLS certificate is not checked")
             warnings.filterwarnings("ignore", message="Unverified HTTPS request")  # said once
-        connect, total = config.get("connect_timeout", 5), config.get("timeout", 5)
-        self.timeout = (connect or None, total or None)
-        self.retries = max(int(config.get("retry_limit", 0) or 0), DEFAULT_RETRIES)
+        self.timeout, self.retries = http_limits(config)
         proxy = config.get("proxy") or {}
         self.proxy_url = proxy.get("url") or None
         self.proxy_fallback = proxy.get("fallback", True)
@@ -132,7 +130,7 @@ class RegistryBackend(Backend):
             if self.may_downgrade and not proxy and _tls_refused(e) and url.startswith(
                     "https://") and same_origin(url, self.base):
                 self._downgrade(e)
-            raise TemporaryBackendError(f"GET {_redact(url)}: {type(e).__name__}: "
+            raise TemporaryBackendError(f"GET {url_for_log(url)}: {type(e).__name__}: "
                                         f"{scrub_queries(str(e))}") from None
 
     def _downgrade(self, error: Exception) -> None:
@@ -304,14 +302,23 @@ class RegistryBackend(Backend):
         mirror.succeeded()
         return data
 
-    def _ping_mirror(self, mirror: Mirror) -> None:
-        def get(url: str) -> int:
-            r = self._session().get(url, timeout=self.timeout, verify=self.verify,
-                                    allow_redirects=False, stream=True)
-            r.close()
-            return r.status_code
+    def _ping_until_up(self, url: str, every: float) -> bool:
+        """Ask `url` every `every` seconds until it answers below 500 (True), or until the
+        backend closes (False): the health check of a mirror or a proxy that failed."""
+        while not self.closed.wait(every):
+            try:
+                r = self._session().get(url, timeout=self.timeout, verify=self.verify,
+                                        allow_redirects=False, stream=True)
+                r.close()
+            except Exception:  # noqa: BLE001 - any failure means: not yet
+                continue
+            if r.status_code < 500 and not self.closed.is_set():
+                return True
+        return False
 
-        ping_until_healthy(mirror, get, self.closed)
+    def _ping_mirror(self, mirror: Mirror) -> None:
+        if self._ping_until_up(mirror.ping_url, mirror.check_s):
+            mirror.recovered()
 
     def close(self) -> None:
         self.closed.set()
@@ -372,19 +379,9 @@ class RegistryBackend(Backend):
     def _ping_proxy(self) -> None:
         """Keep the proxy marked down until its ping_url answers (below 500), asking every
         check_interval seconds."""
-        import requests
-
         try:
-            while not self.closed.wait(self.proxy_check_s):
-                try:
-                    r = self._session().get(self.proxy_ping, timeout=self.timeout,
-                                            verify=self.verify)
-                    r.close()
-                    if r.status_code < 500:
-                        self.proxy_down_until = 0.0
-                        return
-                except (requests.RequestException, ValueError):
-                    pass
+            if self._ping_until_up(self.proxy_ping, self.proxy_check_s):
+                self.proxy_down_until = 0.0
         finally:
             self.pinging = False
 
@@ -642,7 +639,3 @@ def _read_all(r, limit: int, deadline: float | None, expect: int | None,
         r.close()
     return b"".join(parts)
 
-
-def _redact(url: str) -> str:
-    """A URL fit for a log line: no query (presigned URLs sign there), no user:password@."""
-    return no_userinfo(urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl())
