@@ -116,8 +116,11 @@ def test_kill_9_during_cold_read_with_prefetch_then_restart(crash_image, tmp_pat
             finally:
                 d2.stop()
         print(f"\nkill -9 rounds: chunks ready at the kill {killed_with_ready}; all files right")
-        # the kills landed at different stages: some with little, some with much cached
-        assert len(set(killed_with_ready)) > 3, killed_with_ready
+        # the kills landed at different stages: before anything was committed, midway, after
+        # all was (ready counts move in steps: the cache commits once a second)
+        most = max(killed_with_ready)
+        assert 0 in killed_with_ready and any(0 < k < most for k in killed_with_ready), \
+            killed_with_ready
     finally:
         server.stop()
         if fstype_at(mnt):
