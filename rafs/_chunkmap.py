@@ -15,7 +15,7 @@ import struct
 from collections.abc import Sequence
 
 from .errors import RafsError, UnsupportedImageError
-from .model import CHUNK_COMPRESSED, CHUNK_HAS_CRC32, ChunkInfo, ChunkPiece
+from .model import CHUNK_COMPRESSED, CHUNK_HAS_CRC32, PIECE_TYPES, ChunkInfo, ChunkPiece
 
 _REC = struct.Struct("<32sIIIIQQQII")
 _KEY_FIELDS = struct.Struct("<32xI20xQ8xI4x")  # blob_index, uncompressed_offset, index of a record
@@ -34,6 +34,30 @@ CiTableData = tuple[bytes, int, int]
 def _short(what: str, off: int, need: int, have: int) -> RafsError:
     return RafsError(f"bootstrap is too short: need {need} bytes at {off:#x}, file has {have}",
                      structure=what, offset=off)
+
+
+_new = tuple.__new__  # builds a result as the C module does: the types' own __new__ is not run
+
+
+def result_types(types) -> tuple[type[ChunkInfo], type[ChunkPiece]]:
+    """The (ChunkInfo, ChunkPiece) types the pieces functions build their results of (they take
+    them as an argument, so that the C module holds no state); checked as the C module checks
+    them: two tuple types laid out as tuple (NamedTuples)."""
+    if types is PIECE_TYPES:
+        return types
+    if not isinstance(types, tuple) or len(types) != 2 or not all(_plain_tuple_type(t) for t in types):
+        raise TypeError("types must be (ChunkInfo, ChunkPiece): two tuple types with no slots of "
+                        "their own (NamedTuples)")
+    return types
+
+
+def _plain_tuple_type(t) -> bool:
+    return (isinstance(t, type) and issubclass(t, tuple) and t.__basicsize__ == tuple.__basicsize__
+            and t.__itemsize__ == tuple.__itemsize__ and t.__dictoffset__ == 0
+            and t.__weakrefoffset__ == 0 and bool(t.__flags__ & _TPFLAGS_HAVE_GC))
+
+
+_TPFLAGS_HAVE_GC = 1 << 14
 
 
 def chunk_key(blob: int, chunk_index: int, blkaddr: int) -> int | None:
@@ -70,8 +94,11 @@ def chunk_map(buf, off: int, size: int, block_size: int) -> dict[int, int]:
 
 
 def v5_pieces(buf, records_off: int, count: int, chunk_size: int, file_size: int,
-              blob_count: int, offset: int, size: int) -> list[ChunkPiece]:
-    """Chunk pieces of [offset, offset+size) of a v5 file whose records start at records_off."""
+              blob_count: int, offset: int, size: int,
+              types: tuple[type[ChunkInfo], type[ChunkPiece]]) -> list[ChunkPiece]:
+    """Chunk pieces of [offset, offset+size) of a v5 file whose records start at records_off,
+    built of `types` (model.PIECE_TYPES)."""
+    info_t, piece_t = result_types(types)
     end = min(offset + size, file_size)
     if offset < 0 or offset >= end or chunk_size <= 0:
         return []
@@ -81,7 +108,7 @@ def v5_pieces(buf, records_off: int, count: int, chunk_size: int, file_size: int
         base = i * chunk_size
         lo, hi = max(offset, base), min(end, base + chunk_size)
         if i >= count:  # no records past here: the rest of the range is one hole
-            out.append(ChunkPiece(None, 0, end - lo))
+            out.append(_new(piece_t, (None, 0, end - lo)))
             break
         off = records_off + 80 * i
         if off < 0 or off + 80 > have:
@@ -99,16 +126,18 @@ def v5_pieces(buf, records_off: int, count: int, chunk_size: int, file_size: int
             raise RafsError(f"chunk {i} does not cover bytes {base}..{base + want}",
                             structure="chunk record", field="file_offset", value=file_off,
                             offset=off + 64)
-        out.append(ChunkPiece(ChunkInfo(blob, index, flags, c_off, c_size, d_off, d_size, digest,
-                                        crc), lo - base, hi - lo))
+        out.append(_new(piece_t, (_new(info_t, (blob, index, flags, c_off, c_size, d_off, d_size,
+                                                digest, crc)), lo - base, hi - lo)))
     return out
 
 
 def v6_pieces(buf, index_off: int, chunk_size: int, file_size: int, offset: int, size: int,
               block_size: int, blob_count: int, chunk_map: dict[int, int],
-              ci_tables: Sequence[CiTableData | None]) -> list[ChunkPiece]:
+              ci_tables: Sequence[CiTableData | None],
+              types: tuple[type[ChunkInfo], type[ChunkPiece]]) -> list[ChunkPiece]:
     """Chunk pieces of [offset, offset+size) of a v6 file whose chunk indexes start at index_off;
     a null block address or a zero device id is a hole. Chunks resolve as in `v6_chunk`."""
+    piece_t = result_types(types)[1]
     end = min(offset + size, file_size)
     if offset < 0 or offset >= end or chunk_size <= 0:
         return []
@@ -123,22 +152,25 @@ def v6_pieces(buf, index_off: int, chunk_size: int, file_size: int, offset: int,
         lo16, hi16, blkaddr = _IDX.unpack_from(buf, off)
         blob = (hi16 & 0xFF) - 1
         if blkaddr == NULL_ADDR or blob < 0:
-            out.append(ChunkPiece(None, 0, hi - lo))
+            out.append(_new(piece_t, (None, 0, hi - lo)))
             continue
         chunk = v6_chunk(buf, blob, (hi16 >> 8) << 16 | lo16, blkaddr,
                          min(chunk_size, file_size - base), off, block_size, blob_count, chunk_map,
-                         ci_tables)
-        out.append(ChunkPiece(chunk, lo - base, hi - lo))
+                         ci_tables, types)
+        out.append(_new(piece_t, (chunk, lo - base, hi - lo)))
     return out
 
 
 def v6_chunk(buf, blob: int, chunk_index: int, blkaddr: int, want: int, where: int,
              block_size: int, blob_count: int, chunk_map: dict[int, int],
-             ci_tables: Sequence[CiTableData | None]) -> ChunkInfo:
+             ci_tables: Sequence[CiTableData | None],
+             types: tuple[type[ChunkInfo], type[ChunkPiece]]) -> ChunkInfo:
     """The ChunkInfo of chunk `chunk_index` of blob `blob`, `want` bytes at block `blkaddr` of the
     uncompressed blob, named by the chunk index at `where` (-1: none). chunk_map maps chunk_key()
     to the position of a chunk table record in buf; ci_tables[blob] is None or (data, version,
-    count) of the blob's ci table, which then gives the offsets, sizes and flags."""
+    count) of the blob's ci table, which then gives the offsets, sizes and flags. The result is
+    of types[0] (model.PIECE_TYPES)."""
+    info_t = result_types(types)[0]
     if not 0 <= blob < blob_count:
         raise RafsError("chunk index names a blob not in the blob table", structure="chunk index",
                         field="device_id", value=blob + 1, offset=where)
@@ -170,7 +202,7 @@ def v6_chunk(buf, blob: int, chunk_index: int, blkaddr: int, want: int, where: i
     if rec is None:
         raise RafsError("chunk has no digest in the chunk table", structure="chunk index",
                         field="chunk_index", value=chunk_index, offset=where)
-    return ChunkInfo(blob, chunk_index, flags, c_off, c_size, d_off, d_size, rec[0], rec[9])
+    return _new(info_t, (blob, chunk_index, flags, c_off, c_size, d_off, d_size, rec[0], rec[9]))
 
 
 def ci_entry(data, version: int, count: int, index: int) -> tuple[int, int, int, int, int]:

@@ -164,24 +164,27 @@ static int plain_tuple_type(PyTypeObject *t) {
            PyType_HasFeature(t, Py_TPFLAGS_HAVE_GC);
 }
 
-/* expect: the number of pieces the call makes unless it fails; -1: no list */
-static int out_open(Out *o, long long cs, long long expect) {
-    o->cs_val = cs;
-    o->filled = 0;
-    PyObject *name = PyUnicode_FromString("rafs.model");
-    PyObject *model = name ? PyImport_GetModule(name) : NULL;
-    if (name && !model && !PyErr_Occurred()) model = PyImport_Import(name);
-    Py_XDECREF(name);
-    if (!model) return -1;
-    o->info = (PyTypeObject *)PyObject_GetAttrString(model, "ChunkInfo");
-    o->piece = o->info ? (PyTypeObject *)PyObject_GetAttrString(model, "ChunkPiece") : NULL;
-    Py_DECREF(model);
-    if (!o->piece || !(o->cs = PyLong_FromLongLong(cs))) return -1;
-    if (!plain_tuple_type(o->info) || !plain_tuple_type(o->piece)) {
-        PyErr_SetString(PyExc_TypeError, "rafs.model.ChunkInfo and ChunkPiece must be tuple types "
+/* the result types argument, (ChunkInfo, ChunkPiece) (borrowed: the caller holds them for the
+ * call), checked as the twin checks it */
+static int result_types(PyObject *types, Out *o) {
+    if (!PyTuple_Check(types) || PyTuple_GET_SIZE(types) != 2 ||
+        !plain_tuple_type((PyTypeObject *)PyTuple_GET_ITEM(types, 0)) ||
+        !plain_tuple_type((PyTypeObject *)PyTuple_GET_ITEM(types, 1))) {
+        PyErr_SetString(PyExc_TypeError, "types must be (ChunkInfo, ChunkPiece): two tuple types "
                                          "with no slots of their own (NamedTuples)");
         return -1;
     }
+    o->info = (PyTypeObject *)PyTuple_GET_ITEM(types, 0);
+    o->piece = (PyTypeObject *)PyTuple_GET_ITEM(types, 1);
+    return 0;
+}
+
+/* expect: the number of pieces the call makes unless it fails; -1: no list. The result types are
+ * set already (result_types). */
+static int out_open(Out *o, long long cs, long long expect) {
+    o->cs_val = cs;
+    o->filled = 0;
+    if (!(o->cs = PyLong_FromLongLong(cs))) return -1;
     if (expect >= 0) o->list = PyList_New((Py_ssize_t)expect);
     return expect < 0 || o->list ? 0 : -1;
 }
@@ -193,8 +196,6 @@ static PyObject *out_close(Out *o, int ok) {
         PyList_SetSlice(list, o->filled, PyList_GET_SIZE(list), NULL) < 0)
         ok = 0;
     if (!ok) Py_CLEAR(list);
-    Py_XDECREF(o->info);
-    Py_XDECREF(o->piece);
     Py_XDECREF(o->cs);
     return list;
 }
@@ -261,7 +262,10 @@ static int add_piece(Out *o, PyObject *chunk, long long off, long long len) {
 static PyObject *v5_pieces_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[7], end;
-    if (check_nargs("v5_pieces", nargs, 8) < 0 || ll_args(args + 1, 7, a) < 0) return NULL;
+    Out o = {0};
+    if (check_nargs("v5_pieces", nargs, 9) < 0 || result_types(args[8], &o) < 0 ||
+        ll_args(args + 1, 7, a) < 0)
+        return NULL;
     long long rec_off = a[0], count = a[1], cs = a[2], fsize = a[3], nblobs = a[4], offset = a[5],
               size = a[6];
     if (!read_range(offset, size, fsize, cs, &end)) return PyList_New(0);
@@ -272,7 +276,6 @@ static PyObject *v5_pieces_c(PyObject *self, PyObject *const *args, Py_ssize_t n
     /* pieces: one per record in range, then one hole if the records end first; a count past what
      * the buffer can hold fails before the list fills, so it is not preallocated */
     long long expect = first >= count ? 1 : (last < count ? last : count - 1) - first + 1 + (last >= count);
-    Out o = {0};
     if (out_open(&o, cs, expect <= view.len / REC_SIZE + 1 ? expect : 0) < 0) goto fail;
     for (long long i = first; i <= last; i++) {
         long long base = i * cs;
@@ -599,11 +602,13 @@ static void v6_prefetch(V6 *v, long long idx_off, long long i, long long n, long
 static PyObject *v6_pieces_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[5], end;
-    if (check_nargs("v6_pieces", nargs, 10) < 0 || ll_args(args + 1, 5, a) < 0) return NULL;
+    Out o = {0};
+    if (check_nargs("v6_pieces", nargs, 11) < 0 || result_types(args[10], &o) < 0 ||
+        ll_args(args + 1, 5, a) < 0)
+        return NULL;
     long long idx_off = a[0], cs = a[1], fsize = a[2], offset = a[3], size = a[4];
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
-    Out o = {0};
     V6 v;
     if (v6_open(&v, args + 6, &view) < 0) goto fail;
     if (!read_range(offset, size, fsize, cs, &end)) {
@@ -644,10 +649,12 @@ fail:
 static PyObject *v6_chunk_c(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[5];
-    if (check_nargs("v6_chunk", nargs, 10) < 0 || ll_args(args + 1, 5, a) < 0) return NULL;
+    Out o = {0};
+    if (check_nargs("v6_chunk", nargs, 11) < 0 || result_types(args[10], &o) < 0 ||
+        ll_args(args + 1, 5, a) < 0)
+        return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
-    Out o = {0};
     V6 v;
     PyObject *res = NULL;
     if (v6_open(&v, args + 6, &view) == 0 && out_open(&o, a[3], -1) == 0)
@@ -1118,14 +1125,14 @@ TWIN_BEYOND_64_BITS(merge_runs)
 
 static PyMethodDef methods[] = {
     {"v5_pieces", (PyCFunction)(void (*)(void))v5_pieces, METH_FASTCALL,
-     "v5_pieces(buf, records_off, count, chunk_size, file_size, blob_count, offset, size)\n--\n\n"
+     "v5_pieces(buf, records_off, count, chunk_size, file_size, blob_count, offset, size, types)\n--\n\n"
      "Chunk pieces of [offset, offset+size) of a RAFS v5 file."},
     {"v6_pieces", (PyCFunction)(void (*)(void))v6_pieces, METH_FASTCALL,
      "v6_pieces(buf, index_off, chunk_size, file_size, offset, size, block_size, blob_count, chunk_map, "
-     "ci_tables)\n--\n\nChunk pieces of [offset, offset+size) of a RAFS v6 file."},
+     "ci_tables, types)\n--\n\nChunk pieces of [offset, offset+size) of a RAFS v6 file."},
     {"v6_chunk", (PyCFunction)(void (*)(void))v6_chunk, METH_FASTCALL,
      "v6_chunk(buf, blob, chunk_index, blkaddr, want, where, block_size, blob_count, chunk_map, "
-     "ci_tables)\n--\n\nThe ChunkInfo of one RAFS v6 chunk."},
+     "ci_tables, types)\n--\n\nThe ChunkInfo of one RAFS v6 chunk."},
     {"merge_runs", (PyCFunction)(void (*)(void))merge_runs, METH_FASTCALL,
      "merge_runs(chunks, max_size)\n--\n\nGroup chunks into runs of adjacent compressed ranges of one blob."},
     {"find_dirent", (PyCFunction)(void (*)(void))find_dirent, METH_FASTCALL,
@@ -1141,7 +1148,11 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef_Slot slots[] = {{0, NULL}};
+/* API: the version of the functions' signatures (2: the pieces functions take the result types);
+ * rafs.chunkmap uses a build only when it is the version the Python side expects */
+static int module_exec(PyObject *m) { return PyModule_AddIntConstant(m, "API", 2); }
+
+static struct PyModuleDef_Slot slots[] = {{Py_mod_exec, (void *)module_exec}, {0, NULL}};
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "rafs._speedups",

@@ -7,7 +7,8 @@ chunks a read must fetch, grouped into runs of adjacent compressed ranges), with
 and identical errors. `chunk_key` (pure Python,
 shared) packs the v6 chunk-map keys both expect. `PYNYDUSD_PUREPYTHON=1` forces the twin;
 `IMPLEMENTATION` says which one is active ("c" or "python"); the C module is used only when it
-has every function of C_FUNCTIONS (rafs.dirsearch makes the same choice).
+has every function of C_FUNCTIONS and the signatures of C_API (rafs.dirsearch makes the same
+choice). The pieces functions take the result types, model.PIECE_TYPES, as their last argument.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._chunkmap import chunk_key
 # what a build of the C module must provide to be used (an older build lacks the newer ones)
 C_FUNCTIONS = ("chunk_map", "ci_entry", "merge_runs", "v5_pieces", "v6_chunk", "v6_pieces",
                "find_dirent", "v5_find_child")
+C_API = 2  # the signatures the Python side calls (a build from older sources has another API)
 
 
 def _c_module():
@@ -27,6 +29,8 @@ def _c_module():
     try:
         from . import _speedups
     except ImportError:
+        return None
+    if getattr(_speedups, "API", None) != C_API:
         return None
     return _speedups if all(hasattr(_speedups, name) for name in C_FUNCTIONS) else None
 

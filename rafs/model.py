@@ -117,6 +117,11 @@ class ChunkPiece(NamedTuple):
     length: int
 
 
+# what the chunk lookup functions (rafs.chunkmap) build their results of; passed to them on each
+# call, so that the C module keeps no state of its own
+PIECE_TYPES = (ChunkInfo, ChunkPiece)
+
+
 class BlobInfo(NamedTuple):
     """One entry of the image's blob table. blob_id is untrusted: check is_valid_blob_id."""
 

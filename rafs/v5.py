@@ -19,6 +19,7 @@ from .memo import Memo
 from .model import (
     CHUNK_SIZE_MAX,
     CHUNK_SIZE_MIN,
+    PIECE_TYPES,
     SB_COMPAT_MASK,
     SB_COMPRESSION_GZIP,
     SB_COMPRESSION_LZ4,
@@ -115,7 +116,8 @@ class V5Image(Image):
         self.buf = buf
         self.path = path
         self._recs: Memo[int, _Rec] = Memo(INODE_CACHE_MAX)
-        self._files: Memo[int, _Rec] = Memo(INODE_CACHE_MAX)  # checked regular files
+        # regular files without holes: the leading arguments of their chunkmap.v5_pieces calls
+        self._files: Memo[int, tuple] = Memo(INODE_CACHE_MAX)
         self._read_super()
         self.blobs = self._read_blobs()
         self.prefetch = self._read_prefetch()
@@ -440,16 +442,16 @@ class V5Image(Image):
         return rec
 
     def chunks(self, ino: int, offset: int, size: int) -> list[ChunkPiece]:
-        rec = self._files.get(ino)
-        if rec is None:
-            rec = self._files.put(ino, self._regular(ino))
-        end = min(offset + size, rec.size)
-        if offset < 0 or offset >= end:
-            return []
-        if rec.flags & I_HAS_HOLE:
-            return self._pieces_by_scan(rec, offset, end)
-        return chunkmap.v5_pieces(self.buf.data, rec.chunks_off, rec.child_count, self.chunk_size,
-                                  rec.size, len(self.blobs), offset, end - offset)
+        # the hot path: a file seen before costs one memo lookup and one call (which clamps)
+        args = self._files.get(ino)
+        if args is None:
+            rec = self._regular(ino)
+            if rec.flags & I_HAS_HOLE:
+                end = min(offset + size, rec.size)
+                return self._pieces_by_scan(rec, offset, end) if 0 <= offset < end else []
+            args = self._files.put(ino, (self.buf.data, rec.chunks_off, rec.child_count,
+                                         self.chunk_size, rec.size, len(self.blobs)))
+        return chunkmap.v5_pieces(*args, offset, size, PIECE_TYPES)
 
     def _pieces_by_scan(self, rec: _Rec, offset: int, end: int) -> list[ChunkPiece]:
         pieces = []

@@ -32,6 +32,7 @@ from .model import (
     CHUNK_SIZE_MIN,
     COMPRESSORS,
     DIGESTERS,
+    PIECE_TYPES,
     SB_COMPAT_MASK,
     SB_ENCRYPTION_AES_128_XTS,
     SB_TARFS_MODE,
@@ -530,7 +531,7 @@ class V6Image(Image):
             return None
         return chunkmap.v6_chunk(self.buf.data, blob_index, chunk_index, blkaddr, d_size, -1,
                                  self.block_size, len(self.blobs), self._chunk_map_get(),
-                                 self._ci_tables)
+                                 self._ci_tables, PIECE_TYPES)
 
     def _regular(self, ino: int) -> tuple[_Ino, int, int]:
         node = self._inode(ino)
@@ -567,4 +568,4 @@ class V6Image(Image):
         size = min(size, file_size - offset)  # keeps offset + size inside 64 bits
         return chunkmap.v6_pieces(self.buf.data, idx_off, self.chunk_size, file_size, offset, size,
                                   self.block_size, len(self.blobs), self._chunk_map_get(),
-                                  self._ci_tables)
+                                  self._ci_tables, PIECE_TYPES)

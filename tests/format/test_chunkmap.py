@@ -16,6 +16,7 @@ from rafs import _chunkmap, chunkmap
 from tests.format.twins import _speedups, both, examples, need_c, outcome
 
 IMPLS = both(_chunkmap)
+T = rafs.model.PIECE_TYPES  # the result types every pieces call passes
 
 
 def test_implementation_is_reported():
@@ -37,18 +38,18 @@ def test_v5_pieces_on_a_well_formed_table(impl):
     cs, size = 0x1000, 10 * 0x1000 + 123
     sizes = [cs] * 10 + [123]
     buf = b"\0" * 16 + v5_records(sizes, cs)
-    pieces = impl.v5_pieces(buf, 16, 11, cs, size, 1, 100, 2 * cs)
+    pieces = impl.v5_pieces(buf, 16, 11, cs, size, 1, 100, 2 * cs, T)
     assert [(p.chunk.chunk_index, p.offset, p.length) for p in pieces] == [
         (0, 100, cs - 100), (1, 0, cs), (2, 0, 100)]
     assert all(type(p) is rafs.ChunkPiece and type(p.chunk) is rafs.ChunkInfo for p in pieces)
-    tail = impl.v5_pieces(buf, 16, 11, cs, size, 1, size - 10, 1000)
+    tail = impl.v5_pieces(buf, 16, 11, cs, size, 1, size - 10, 1000, T)
     assert [(p.chunk.uncompressed_size, p.offset, p.length) for p in tail] == [(123, 113, 10)]
     # a chunk list shorter than the file reads the rest as a hole
-    short = impl.v5_pieces(buf, 16, 2, cs, size, 1, 0, 3 * cs)
+    short = impl.v5_pieces(buf, 16, 2, cs, size, 1, 0, 3 * cs, T)
     assert short[2].chunk is None and short[2].length == cs
     # ... as one piece, however large the file claims to be (found by tools/fuzz: a lying i_size
     # once made a whole-file lookup produce one hole piece per missing chunk, for ever)
-    huge = impl.v5_pieces(buf, 16, 2, cs, 1 << 62, 1, 0, 1 << 62)
+    huge = impl.v5_pieces(buf, 16, 2, cs, 1 << 62, 1, 0, 1 << 62, T)
     assert [(p.chunk is None, p.length) for p in huge] == [(False, cs), (False, cs),
                                                            (True, (1 << 62) - 2 * cs)]
 
@@ -59,7 +60,7 @@ def test_v5_pieces_on_a_well_formed_table(impl):
        cs=st.sampled_from([1, 7, 0x1000, 0x10000]), fsize=st.integers(0, 1 << 20),
        nblobs=st.integers(0, 3), offset=st.integers(0, 1 << 20), size=st.integers(0, 1 << 18))
 def test_v5_twins_agree_on_random_tables(buf, rec_off, count, cs, fsize, nblobs, offset, size):
-    args = (buf, rec_off, count, cs, fsize, nblobs, offset, size)
+    args = (buf, rec_off, count, cs, fsize, nblobs, offset, size, T)
     assert outcome(_speedups.v5_pieces, *args) == outcome(_chunkmap.v5_pieces, *args)
 
 
@@ -161,7 +162,7 @@ def test_v6_pieces_twins_agree(case, tail, data, cs):
     fsize = max(0, n * _CS - tail)
     offset = data.draw(st.integers(-1, fsize + 1))
     size = data.draw(st.integers(-1, fsize - offset + 2))
-    args = (buf, index_off, cs, fsize, offset, size, bs, nblobs, chunk_map, ci_tables)
+    args = (buf, index_off, cs, fsize, offset, size, bs, nblobs, chunk_map, ci_tables, T)
     assert outcome(_speedups.v6_pieces, *args) == outcome(_chunkmap.v6_pieces, *args)
 
 
@@ -177,7 +178,7 @@ def test_v6_chunk_twins_agree(case, data, want, where):
     else:
         blob, c_index = data.draw(st.integers(-2, 4)), data.draw(st.sampled_from(_KEYS + [-1]))
         blkaddr = data.draw(st.sampled_from(_BLKS + [-1]))
-    args = (buf, blob, c_index, blkaddr, want, where, bs, nblobs, chunk_map, ci_tables)
+    args = (buf, blob, c_index, blkaddr, want, where, bs, nblobs, chunk_map, ci_tables, T)
     assert outcome(_speedups.v6_chunk, *args) == outcome(_chunkmap.v6_chunk, *args)
 
 
@@ -192,7 +193,7 @@ def test_v6_chunk_twins_agree(case, data, want, where):
                                                st.integers(0, 6)), max_size=4))
 def test_v6_pieces_twins_agree_on_random_bytes(buf, idx_off, cs, fsize, offset, size, bs, nblobs,
                                                chunk_map, ci_tables):
-    args = (buf, idx_off, cs, fsize, offset, size, bs, nblobs, chunk_map, ci_tables)
+    args = (buf, idx_off, cs, fsize, offset, size, bs, nblobs, chunk_map, ci_tables, T)
     assert outcome(_speedups.v6_pieces, *args) == outcome(_chunkmap.v6_pieces, *args)
 
 
@@ -206,7 +207,7 @@ def test_v6_pieces_on_a_well_formed_table(impl):
     buf = idx + b"".join(recs)
     chunk_map = {chunkmap.chunk_key(0, i, i): 32 + 80 * i for i in range(3)}
     size = 3 * cs + 10
-    pieces = impl.v6_pieces(buf, 0, cs, size, 100, 4 * cs, bs, 1, chunk_map, [None])
+    pieces = impl.v6_pieces(buf, 0, cs, size, 100, 4 * cs, bs, 1, chunk_map, [None], T)
     assert all(type(p) is rafs.ChunkPiece for p in pieces)
     assert all(type(p.chunk) is rafs.ChunkInfo for p in pieces[:3])
     assert [(p.chunk and p.chunk[:7], p.offset, p.length) for p in pieces] == [
@@ -215,17 +216,17 @@ def test_v6_pieces_on_a_well_formed_table(impl):
     assert pieces[2].chunk.digest == bytes([2]) * 32 and pieces[2].chunk.crc32 == 14
     # a ci v2 table takes over offsets, sizes and the compressed flag; the crc flag stays
     ci = b"".join(ci_v2(9000 + i, 60 + i, cs * i, cs, 1 if i else 0) for i in range(3))
-    pieces = impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, chunk_map, [(ci, 2, 3)])
+    pieces = impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, chunk_map, [(ci, 2, 3)], T)
     assert [p.chunk[:7] for p in pieces] == [(0, 0, 0, 9000, 60, 0, cs), (0, 1, 1, 9001, 61, cs, cs),
                                              (0, 2, 0x11, 9002, 62, 2 * cs, cs)]
     with pytest.raises(rafs.UnsupportedImageError, match="ci v2 flags 0x2 on chunk 1"):
         impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, chunk_map,
-                       [(ci[:24] + ci_v2(9001, 61, cs, cs, 2) + ci[48:], 2, 3)])
+                       [(ci[:24] + ci_v2(9001, 61, cs, cs, 2) + ci[48:], 2, 3)], T)
     with pytest.raises(rafs.RafsError, match="no digest in the chunk table"):
-        impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, {}, [(ci, 2, 3)])
+        impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, {}, [(ci, 2, 3)], T)
     with pytest.raises(rafs.RafsError, match="no chunk table record and no ci table"):
-        impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, {}, [])
-    assert impl.v6_chunk(buf, 0, 1, 1, cs, -1, bs, 1, chunk_map, [None]) == pieces[1].chunk[:2] + (
+        impl.v6_pieces(buf, 0, cs, size, 0, 3 * cs, bs, 1, {}, [], T)
+    assert impl.v6_chunk(buf, 0, 1, 1, cs, -1, bs, 1, chunk_map, [None], T) == pieces[1].chunk[:2] + (
         1, 1000, 51, cs, cs, bytes([1]) * 32, 7)
 
 
@@ -396,9 +397,9 @@ def _beyond_cases() -> dict:
     chunk_map = _chunkmap.chunk_map(v6, 8, len(table), 0x1000)
     ci = [(ci_v1(0, 0x100, 0x2000, 0x1000) * 6, 1, 6)]
     return {
-        "v5_pieces": [v5, 16, 4, cs, 3 * cs + 100, 1, 10, 2 * cs],
-        "v6_pieces": [v6, 0, 0x1000, 0x1000, 0, 0x1000, 0x1000, 1, chunk_map, ci],
-        "v6_chunk": [v6, 0, 5, 2, 0x1000, 0, 0x1000, 1, chunk_map, ci],
+        "v5_pieces": [v5, 16, 4, cs, 3 * cs + 100, 1, 10, 2 * cs, T],
+        "v6_pieces": [v6, 0, 0x1000, 0x1000, 0, 0x1000, 0x1000, 1, chunk_map, ci, T],
+        "v6_chunk": [v6, 0, 5, 2, 0x1000, 0, 0x1000, 1, chunk_map, ci, T],
         "chunk_map": [v6, 8, len(table), 0x1000],
         "ci_entry": [ci[0][0], 1, 6, 3],
     }
@@ -462,3 +463,64 @@ def test_an_incomplete_c_build_is_not_used():
                        timeout=60, env=os.environ | {"PYNYDUSD_PUREPYTHON": ""})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["python", "True"]
+
+
+_OLD_API_BUILD = """
+import sys, types
+old = types.ModuleType("rafs._speedups")  # every function, but the signatures before API 2
+from rafs import _chunkmap, _dirsearch
+for name in ("chunk_map", "ci_entry", "merge_runs", "v5_pieces", "v6_chunk", "v6_pieces"):
+    setattr(old, name, getattr(_chunkmap, name))
+for name in ("find_dirent", "v5_find_child"):
+    setattr(old, name, getattr(_dirsearch, name))
+sys.modules["rafs._speedups"] = old
+from rafs import chunkmap
+print(chunkmap.IMPLEMENTATION)
+"""
+
+
+def test_a_c_build_of_another_api_is_not_used():
+    """A build whose functions take other arguments (no API 2: the pieces functions did not take
+    the result types) is left unused, not called with arguments it does not expect."""
+    r = subprocess.run([sys.executable, "-c", _OLD_API_BUILD], capture_output=True, text=True,
+                       timeout=60, env=os.environ | {"PYNYDUSD_PUREPYTHON": ""})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["python"]
+
+
+class _Dicty(tuple):  # a tuple subclass with a __dict__: not laid out as a tuple
+    pass
+
+
+class _Info2(rafs.ChunkInfo):
+    __slots__ = ()
+
+
+class _Piece2(rafs.ChunkPiece):
+    __slots__ = ()
+
+
+@need_c
+@pytest.mark.parametrize("types", [
+    None, (), (rafs.ChunkInfo,), [rafs.ChunkInfo, rafs.ChunkPiece], (rafs.ChunkInfo, dict),
+    (_Dicty, rafs.ChunkPiece), (rafs.ChunkInfo, rafs.ChunkPiece, None), (rafs.ChunkInfo, 3),
+    (_Info2, _Piece2), (tuple, _Piece2)], ids=repr)
+def test_the_result_types_are_checked_alike(types):
+    """The pieces functions build their results of the types passed (the C module holds none):
+    both twins refuse the same bad ones with the same error, and build with the good ones."""
+    cs = 0x1000
+    v5 = b"\0" * 16 + v5_records([cs] * 3, cs)
+    case = _beyond_cases()
+    calls = {"v5_pieces": [v5, 16, 3, cs, 3 * cs, 1, 10, 2 * cs, types],
+             "v6_pieces": case["v6_pieces"][:-1] + [types],
+             "v6_chunk": case["v6_chunk"][:-1] + [types]}
+    for name, args in calls.items():
+        c, py = outcome(getattr(_speedups, name), *args), outcome(getattr(_chunkmap, name), *args)
+        assert c == py, name
+        if types in ((_Info2, _Piece2), (tuple, _Piece2)):
+            assert c[0] == "ok", (name, c)
+            result = c[1] if name == "v6_chunk" else c[1][0][0]
+            assert type(result) is types[0], name
+            assert all(type(p) is types[1] for p in (c[1] if name != "v6_chunk" else []))
+        else:
+            assert c[:2] == ("error", "TypeError") and "types must be" in c[2], (name, c)
