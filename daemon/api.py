@@ -24,8 +24,9 @@ class ApiState:
     """What the API reports; filled in by the daemon."""
 
     def __init__(self, daemon_id: str | None, supervisor: str | None, mountpoint: str,
-                 config: dict, ops, store, control=None) -> None:
+                 config: dict, ops, store, control=None, config_id: str = "") -> None:
         self.daemon_id = daemon_id
+        self.config_id = config_id  # the config's id (v1 device.id, v2 id): nydusd's blobcache id
         self.control = control  # the Daemon: sendfd, takeover, start, exit
         self.supervisor = supervisor
         self.mountpoint = mountpoint
@@ -227,7 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
         ids = query.get("id")
         if ids is not None and path.startswith("/api/v1/metrics") and not (
                 path == "/api/v1/metrics/inflight" or ids[-1] in (
-                    ("", st.daemon_id or "") if path.endswith("blobcache") else ("/",))):
+                    ("", st.config_id, st.daemon_id or "") if path.endswith("blobcache")
+                    else ("/",))):
             return self._error(404, f"no instance with id {ids[-1][:100]!r}")
         if st.ops is None and path.startswith(("/api/v1/metrics", "/metrics")):
             return self._error(503, f"not serving yet (state {st.state})")

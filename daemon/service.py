@@ -153,7 +153,7 @@ class Daemon:
 
         args = self.args
         state = ApiState(args.id, args.supervisor, self.mountpoint, self.config.redacted(), None,
-                         None, control=self)
+                         None, control=self, config_id=self.config.id)
         state.state = "INIT"
         self.api = ApiServer(os.path.abspath(args.apisock), state)
         self.api.start()
@@ -382,7 +382,7 @@ class Daemon:
             from .api import ApiServer, ApiState
 
             state = ApiState(args.id, args.supervisor, mountpoint, self.config.redacted(), ops,
-                             self.store, control=self)
+                             self.store, control=self, config_id=self.config.id)
             try:
                 api = ApiServer(os.path.abspath(args.apisock), state)
                 api.start()

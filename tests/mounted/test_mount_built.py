@@ -65,7 +65,7 @@ def test_api_socket(built, tmp_path):
     require_fuse()
     tmp, _src = built
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"device": {"backend": {"type": "localfs", "config": {
+    cfg.write_text(json.dumps({"device": {"id": "cache-7", "backend": {"type": "localfs", "config": {
         "dir": str(tmp / "v6/blobs"), "auth": "c2VjcmV0OnBhc3N3b3Jk"}},
         "cache": {"type": "blobcache", "config": {"work_dir": str(tmp_path / "cache")}}},
         "mode": "direct"}))
@@ -101,6 +101,9 @@ def test_api_socket(built, tmp_path):
         code, body = _api(sock, "GET", "/api/v1/metrics/blobcache")
         c = json.loads(body)
         assert code == 200 and "whole_hits" in c
+        # nydusd names the cache by the config's id; another id has no cache
+        assert json.loads(_api(sock, "GET", "/api/v1/metrics/blobcache?id=cache-7")[1]).keys() == c.keys()
+        assert _api(sock, "GET", "/api/v1/metrics/blobcache?id=cache-8")[0] == 404
         assert {"prefetch_unmerged_chunks", "prefetch_cumulative_time_millis",
                 "prefetch_begin_time_millis", "prefetch_end_time_millis",
                 "buffered_backend_size"} <= set(c)
