@@ -194,8 +194,12 @@ def make_backend(kind: str, config: dict) -> Backend:
         from .httpproxy import make_http_proxy
 
         return make_http_proxy(config)
-    raise BackendError(f"backend type {kind!r} is not supported (use registry, http-proxy or "
-                       "localfs)")
+    if kind in ("oss", "s3"):
+        from .objectstorage import make_object_storage
+
+        return make_object_storage(kind, config)
+    raise BackendError(f"backend type {kind!r} is not supported (use registry, http-proxy, "
+                       "localfs, oss or s3)")
 
 
 def no_userinfo(url: str) -> str:

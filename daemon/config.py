@@ -137,16 +137,22 @@ _FIELDS = {
                  "blob_url_scheme": _str, "blob_redirected_host": _str, **_HTTP_FIELDS},
     "localfs": {"dir": _str, "blob_file": _str},
     "http-proxy": {"addr": _str, "path": _str, **_HTTP_FIELDS},
+    "oss": {"endpoint": _str, "bucket_name": _str, "scheme": _str, "object_prefix": _str,
+            "access_key_id": _str, "access_key_secret": _str, **_HTTP_FIELDS},
+    "s3": {"endpoint": _str, "region": _str, "bucket_name": _str, "scheme": _str,
+           "object_prefix": _str, "access_key_id": _str, "access_key_secret": _str,
+           **_HTTP_FIELDS},
 }
-HTTP_BACKENDS = ("registry", "http-proxy")  # the backends with proxy, mirrors and TLS options
+# the backends with proxy, mirrors (not oss and s3) and TLS options
+HTTP_BACKENDS = ("registry", "http-proxy", "oss", "s3")
 
 
 def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
     if not isinstance(kind, str) or kind not in BACKENDS:
         raise ConfigError(f"unknown backend type {kind!r}")
-    if kind not in ("registry", "localfs", "http-proxy"):
+    if kind not in _FIELDS:
         raise ConfigError(f"backend type {kind!r} is not supported by pynydusd (registry, "
-                          "http-proxy, localfs)")
+                          "http-proxy, localfs, oss, s3)")
     if cfg is not None and not isinstance(cfg, dict):
         raise ConfigError(f"the {kind} backend's config must be an object, not {cfg!r:.40}")
     cfg = dict(cfg or {})
@@ -171,6 +177,13 @@ def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
                               f"{cfg['blob_url_scheme']!r:.40}")
     if kind == "localfs" and not all(isinstance(x, str) for x in cfg.get("alt_dirs") or []):
         raise ConfigError("'alt_dirs' must be a list of strings")
+    if kind in ("oss", "s3"):
+        if cfg.get("mirrors"):
+            raise ConfigError(f"'mirrors' are for the registry and http-proxy backends, not {kind}")
+        if not cfg.get("bucket_name"):
+            raise ConfigError(f"{kind} backend needs 'bucket_name'")
+        if kind == "oss" and not cfg.get("endpoint"):
+            raise ConfigError("oss backend needs 'endpoint'")
     if kind == "registry" and (not cfg.get("host") or not cfg.get("repo")):
         raise ConfigError("registry backend needs 'host' and 'repo'")
     if kind == "http-proxy":

@@ -30,7 +30,7 @@ MERGE_LIMIT = 1 << 20  # chunks a read needs anyway are fetched in runs of up to
 class StorageOptions:
     """Everything storage needs, already normalised from the nydusd v1/v2 config and the CLI."""
 
-    backend_type: str  # "registry" | "localfs" (others: clear error)
+    backend_type: str  # "registry" | "localfs" | "http-proxy" | "oss" | "s3" (others: clear error)
     backend_config: dict = field(default_factory=dict)  # the backend's own fields, as in nydusd's config
     cache_type: str = "blobcache"  # "blobcache" | "filecache" | "dummycache" | ""
     work_dir: str = "./cache"  # already resolved against the process cwd by the config layer
@@ -180,7 +180,7 @@ class BlobStore:
         f = dict(self.fetcher.stats)
         b = self.backend.snapshot()
         p = self.prefetcher.stats() if self.prefetcher else {}
-        return {"backend_type": self.backend.kind, **b, **{f"fetch_{k}": v for k, v in f.items()},
+        return {"backend_type": getattr(self.backend, "metrics_kind", self.backend.kind), **b, **{f"fetch_{k}": v for k, v in f.items()},
                 "whole_hits": f["mem_hits"] + f["disk_hits"], "partial_hits": 0,
                 "total": f["mem_hits"] + f["disk_hits"] + f["misses"],
                 "data_all_ready": bool(self.cache and self.cache.all_ready()),

@@ -1,0 +1,39 @@
+"""A mount whose blobs come from an S3 bucket (nydusd's `s3` backend, a v1 JSON config with a
+blobcache), served on 127.0.0.1 by an object store that checks every signature with botocore."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.mounted.test_http_proxy_mount import files_of
+from tests.mountutil import PYNYDUSD, Daemon, require_fuse
+from tests.storage.test_object_storage import KEY_ID, SECRET, ObjectStore, _objects, s3_signature_ok
+
+
+@pytest.mark.timeout(120)
+def test_a_mount_reads_every_file_from_an_s3_bucket(sample_v6, tmp_path):
+    require_fuse()
+    img, src = sample_v6
+    store = ObjectStore(_objects(img, "/layers/nydus/"), lambda h: s3_signature_ok(h, "us-west-2"))
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"device": {"backend": {"type": "s3", "config": {
+        "scheme": "http", "endpoint": f"127.0.0.1:{store.port}", "region": "us-west-2",
+        "bucket_name": "layers", "object_prefix": "nydus/", "access_key_id": KEY_ID,
+        "access_key_secret": SECRET}}, "cache": {"type": "blobcache", "config": {
+            "work_dir": str(tmp_path / "cache")}}}, "mode": "direct"}))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(img / "bootstrap"), "--config", str(cfg),
+                str(mnt)], mnt)
+    try:
+        for rel, data in files_of(src).items():
+            assert (mnt / rel).read_bytes() == data, rel
+        assert store.seen and all(p.startswith("/layers/nydus/") for p, _ in store.seen)
+        assert "s3 backend" in d.output()
+        assert SECRET not in d.output()  # the secret never reaches the log
+        d.assert_clean_log()
+    finally:
+        d.stop()
+        store.stop()
