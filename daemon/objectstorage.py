@@ -38,14 +38,17 @@ def make_object_storage(kind: str, config: dict) -> Backend:
     return S3Backend(config) if kind == "s3" else OssBackend(config)
 
 
-def _endpoint(config: dict, kind: str, default: str = "") -> str:
+def _endpoint(config: dict, kind: str, scheme: str, default: str = "") -> str:
+    """host[:port], without the scheme's default port (the Host header a client sends omits it,
+    and the signature covers that header)."""
     endpoint = config.get("endpoint") or default
     if not endpoint:
         raise BackendError(f"{kind} backend needs 'endpoint'")
-    if "://" in endpoint or "/" in endpoint or "@" in endpoint:
+    if any(c in endpoint for c in "/@?#\\ ") or not endpoint.isprintable():
         raise BackendError(f"{kind} 'endpoint' must be host[:port], not {endpoint[:80]!r} "
                            "(the scheme goes in 'scheme')")
-    return endpoint
+    default_port = ":443" if scheme == "https" else ":80"
+    return endpoint[:-len(default_port)] if endpoint.endswith(default_port) else endpoint
 
 
 class _ObjectStorage(RegistryBackend):
@@ -94,7 +97,7 @@ class S3Backend(_ObjectStorage):
 
     def __init__(self, config: dict) -> None:
         scheme = "http" if config.get("scheme") == "http" else "https"
-        endpoint = _endpoint(config, "s3", S3_DEFAULT_ENDPOINT)
+        endpoint = _endpoint(config, "s3", scheme, S3_DEFAULT_ENDPOINT)
         bucket = _bucket_checked(config, "s3")
         super().__init__(config, f"{scheme}://{endpoint}/{bucket}/{_prefix(config)}")
         self.region = config.get("region") or S3_DEFAULT_REGION
@@ -130,7 +133,7 @@ class OssBackend(_ObjectStorage):
 
     def __init__(self, config: dict) -> None:
         scheme = "http" if config.get("scheme") == "http" else "https"
-        endpoint = _endpoint(config, "oss")
+        endpoint = _endpoint(config, "oss", scheme)
         self.bucket = _bucket_checked(config, "oss")
         super().__init__(config, f"{scheme}://{self.bucket}.{endpoint}/{_prefix(config)}")
 
