@@ -42,22 +42,33 @@ _new = tuple.__new__  # builds a result as the C module does: the types' own __n
 def result_types(types) -> tuple[type[ChunkInfo], type[ChunkPiece]]:
     """The (ChunkInfo, ChunkPiece) types the pieces functions build their results of (they take
     them as an argument, so that the C module holds no state); checked as the C module checks
-    them: two tuple types laid out as tuple (NamedTuples)."""
+    them: a plain tuple of two tuple types laid out as tuple (NamedTuples)."""
     if types is PIECE_TYPES:
         return types
-    if not isinstance(types, tuple) or len(types) != 2 or not all(_plain_tuple_type(t) for t in types):
+    # type() and the type slots themselves: a tuple subclass's __len__/__iter__ or a metaclass's
+    # __basicsize__ property must not make the twin see what C does not
+    if type(types) is not tuple or len(types) != 2 or not all(map(_plain_tuple_type, types)):
         raise TypeError("types must be (ChunkInfo, ChunkPiece): two tuple types with no slots of "
                         "their own (NamedTuples)")
     return types
 
 
+_slot = {name: type.__dict__[name].__get__
+         for name in ("__basicsize__", "__itemsize__", "__dictoffset__", "__weakrefoffset__", "__flags__")}
+
+
 def _plain_tuple_type(t) -> bool:
-    return (isinstance(t, type) and issubclass(t, tuple) and t.__basicsize__ == tuple.__basicsize__
-            and t.__itemsize__ == tuple.__itemsize__ and t.__dictoffset__ == 0
-            and t.__weakrefoffset__ == 0 and bool(t.__flags__ & _TPFLAGS_HAVE_GC))
+    if not (issubclass(type(t), type) and issubclass(t, tuple)):
+        return False
+    flags = _slot["__flags__"](t)
+    return (_slot["__basicsize__"](t) == tuple.__basicsize__
+            and _slot["__itemsize__"](t) == tuple.__itemsize__ and _slot["__dictoffset__"](t) == 0
+            and _slot["__weakrefoffset__"](t) == 0 and bool(flags & _TPFLAGS_HAVE_GC)
+            and bool(flags & _TPFLAGS_BASETYPE))  # not a struct sequence (time.struct_time)
 
 
 _TPFLAGS_HAVE_GC = 1 << 14
+_TPFLAGS_BASETYPE = 1 << 10
 
 
 def chunk_key(blob: int, chunk_index: int, blkaddr: int) -> int | None:

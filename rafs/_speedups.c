@@ -11,8 +11,8 @@
  *
  * Every offset and count read from an image, and every position taken from the chunk map, is
  * bounds-checked before use. An int argument beyond 64 bits gets the twin's answer (see "beyond 64
- * bits" below). The module keeps no state: rafs.model's result classes are looked up
- * in sys.modules once per call, the error classes only when raising. Speed comes from building
+ * bits" below). The module keeps no state: the result classes come with each call (the `types`
+ * argument, rafs.model.PIECE_TYPES), the error classes are looked up only when raising. Speed comes from building
  * the results directly (untracked instances of the NamedTuple classes, the chunk-size int shared by every
  * full-size length, a list preallocated to its final size) and, for v6, from looking up a batch
  * of records ahead and prefetching them: the chunk table is sorted by digest, so the records of
@@ -146,8 +146,8 @@ static int entry_pos(const char *what, long long start, long long step, long lon
 
 /* -- results ------------------------------------------------------------------------------------- */
 
-/* What one call builds its results with: rafs.model's ChunkInfo and ChunkPiece, the chunk size as
- * an int, and the result list, preallocated to the expected number of pieces when that is sane. */
+/* What one call builds its results with: the ChunkInfo and ChunkPiece types passed in, the chunk
+ * size as an int, and the result list, preallocated to the expected number of pieces when that is sane. */
 typedef struct {
     PyTypeObject *info, *piece;
     PyObject *cs;
@@ -161,13 +161,16 @@ typedef struct {
 static int plain_tuple_type(PyTypeObject *t) {
     return PyType_Check(t) && PyType_IsSubtype(t, &PyTuple_Type) && t->tp_basicsize == PyTuple_Type.tp_basicsize &&
            t->tp_itemsize == PyTuple_Type.tp_itemsize && t->tp_dictoffset == 0 && t->tp_weaklistoffset == 0 &&
-           PyType_HasFeature(t, Py_TPFLAGS_HAVE_GC);
+           PyType_HasFeature(t, Py_TPFLAGS_HAVE_GC) &&
+           /* not a struct sequence (os.stat_result, time.struct_time): tuple layout, but hidden
+            * fields past the items and its own dealloc; those are never subclassable */
+           PyType_HasFeature(t, Py_TPFLAGS_BASETYPE);
 }
 
 /* the result types argument, (ChunkInfo, ChunkPiece) (borrowed: the caller holds them for the
  * call), checked as the twin checks it */
 static int result_types(PyObject *types, Out *o) {
-    if (!PyTuple_Check(types) || PyTuple_GET_SIZE(types) != 2 ||
+    if (!PyTuple_CheckExact(types) || PyTuple_GET_SIZE(types) != 2 ||
         !plain_tuple_type((PyTypeObject *)PyTuple_GET_ITEM(types, 0)) ||
         !plain_tuple_type((PyTypeObject *)PyTuple_GET_ITEM(types, 1))) {
         PyErr_SetString(PyExc_TypeError, "types must be (ChunkInfo, ChunkPiece): two tuple types "
@@ -224,6 +227,9 @@ static PyObject *make_tuple(PyTypeObject *t, PyObject **items, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++)
         if (!items[i]) goto fail;
     if (!(obj = (PyObject *)PyObject_GC_NewVar(PyVarObject, t, n))) goto fail;
+#if PY_VERSION_HEX >= 0x030E0000
+    ((PyTupleObject *)obj)->ob_hash = -1; /* 3.14 caches a tuple's hash: "not computed yet" */
+#endif
     for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(obj, i, items[i]);
     return obj;
 fail:
@@ -473,7 +479,8 @@ done:
 }
 
 /* look up (blob, c_index, blkaddr) in the chunk map: 1 found (*pos unchecked, -1 if it does not
- * fit in 64 bits; *val is the map's value, borrowed), 0 none, -1 error */
+ * fit in 64 bits; *val is the map's value, a new reference: its __index__ may take it out of the
+ * map), 0 none, -1 error */
 static int v6_lookup(const V6 *v, long long blob, long long c_index, long long blkaddr, long long *pos,
                      PyObject **val) {
     if (blob < 0 || blob > 0xFF || c_index < 0 || c_index > 0xFFFFFF || blkaddr < 0 || blkaddr > 0xFFFFFFFFLL)
@@ -484,9 +491,13 @@ static int v6_lookup(const V6 *v, long long blob, long long c_index, long long b
     *val = PyDict_GetItemWithError(v->map, key);
     Py_DECREF(key);
     if (!*val) return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(*val);
     int overflow;
     *pos = PyLong_AsLongLongAndOverflow(*val, &overflow);
-    if (*pos == -1 && PyErr_Occurred()) return -1;
+    if (*pos == -1 && PyErr_Occurred()) {
+        Py_CLEAR(*val);
+        return -1;
+    }
     if (overflow) *pos = -1;
     return 1;
 }
@@ -499,10 +510,10 @@ static int v6_record(const V6 *v, long long blob, long long c_index, long long b
     PyObject *val = NULL;
     int found = v6_lookup(v, blob, c_index, blkaddr, pos, &val);
     if (found == 1 && !record_fits(v, *pos)) {
-        Py_INCREF(val);
-        raise_short_at("chunk table", val, REC_SIZE, v->len);
+        raise_short_at("chunk table", val, REC_SIZE, v->len); /* steals val */
         return -1;
     }
+    if (found == 1) Py_DECREF(val);
     return found;
 }
 
@@ -583,6 +594,7 @@ static void v6_prefetch(V6 *v, long long idx_off, long long i, long long n, long
         if (blkaddr == NULL_ADDR || blob < 0) continue; /* a hole */
         if (blob >= v->nblobs) break;
         int found = v6_lookup(v, blob, c_index, blkaddr, &pos, &val);
+        if (found == 1) Py_DECREF(val);
         if (found < 0 || v6_ci_table(v, blob) < 0) {
             PyErr_Clear();
             break;

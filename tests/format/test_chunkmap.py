@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -500,8 +501,35 @@ class _Piece2(rafs.ChunkPiece):
     __slots__ = ()
 
 
+class _Len3(tuple):  # a tuple subclass lying about its length
+    def __len__(self):
+        return 3
+
+
+class _NotATuple:  # isinstance(x, tuple) through __class__, but no tuple
+    __class__ = property(lambda self: tuple)
+
+    def __len__(self):
+        return 2
+
+    def __iter__(self):
+        return iter(rafs.model.PIECE_TYPES)
+
+
+class _LyingMeta(type):  # class attributes that hide the real layout
+    __basicsize__ = property(lambda cls: tuple.__basicsize__)
+    __dictoffset__ = property(lambda cls: 0)
+    __weakrefoffset__ = property(lambda cls: 0)
+
+
+class _DictyLiar(tuple, metaclass=_LyingMeta):
+    pass
+
+
 @need_c
 @pytest.mark.parametrize("types", [
+    _Len3(rafs.model.PIECE_TYPES), _NotATuple(), (_DictyLiar, rafs.ChunkPiece),
+    (time.struct_time, rafs.ChunkPiece), (rafs.ChunkInfo, os.terminal_size),
     None, (), (rafs.ChunkInfo,), [rafs.ChunkInfo, rafs.ChunkPiece], (rafs.ChunkInfo, dict),
     (_Dicty, rafs.ChunkPiece), (rafs.ChunkInfo, rafs.ChunkPiece, None), (rafs.ChunkInfo, 3),
     (_Info2, _Piece2), (tuple, _Piece2)], ids=repr)
@@ -524,3 +552,30 @@ def test_the_result_types_are_checked_alike(types):
             assert all(type(p) is types[1] for p in (c[1] if name != "v6_chunk" else []))
         else:
             assert c[:2] == ("error", "TypeError") and "types must be" in c[2], (name, c)
+
+
+_MAP_VALUE_DROPS_ITSELF = """
+import rafs.model as m
+from rafs import _speedups, chunkmap
+key = chunkmap.chunk_key(0, 0, 0)
+cmap = {}
+class Pos:  # a chunk-map value whose __index__ drops it from the map (its last reference)
+    def __index__(self):
+        del cmap[key]
+        return -5  # outside the buffer: C raises, naming the value
+cmap[key] = Pos()
+try:
+    _speedups.v6_chunk(bytes(200), 0, 0, 0, 0x1000, -1, 0x1000, 1, cmap, [None], m.PIECE_TYPES)
+except Exception as e:
+    print(type(e).__name__)
+"""
+
+
+@need_c
+def test_a_chunk_map_value_that_removes_itself_is_not_used_after_free():
+    """Found in review: C kept a borrowed map value across its __index__, which can delete it
+    (a crash under PYTHONMALLOC=debug). It now holds its own reference."""
+    r = subprocess.run([sys.executable, "-c", _MAP_VALUE_DROPS_ITSELF], capture_output=True,
+                       text=True, timeout=60, env=os.environ | {"PYTHONMALLOC": "debug"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() in (["KeyError"], ["RafsError"])

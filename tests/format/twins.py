@@ -6,12 +6,17 @@ import os
 
 import pytest
 
+from rafs.chunkmap import C_API
+
 try:
     from rafs import _speedups
 except ImportError:  # the optional build failed
     _speedups = None
+if getattr(_speedups, "API", None) != C_API:  # a build from older sources: other signatures
+    _speedups = None
 
-need_c = pytest.mark.skipif(_speedups is None, reason="rafs._speedups was not built (no compiler?)")
+need_c = pytest.mark.skipif(_speedups is None, reason="rafs._speedups was not built (no compiler?) "
+                            f"or is a stale build (API is not {C_API}: run `make setup`)")
 
 
 def both(twin) -> list:
