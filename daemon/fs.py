@@ -170,7 +170,8 @@ class RafsOperations(pyfuse3.Operations):
         a.st_blksize = 4096
         a.st_blocks = inode.blocks
         ns = inode.mtime * 1_000_000_000 + inode.mtime_nsec if inode.mtime else self.mount_ns
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = min(ns, _S64_MAX)  # far future: clamped
+        # far future and far past: clamped to what a 64-bit count of nanoseconds holds
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = max(min(ns, _S64_MAX), -_S64_MAX - 1)
         a.entry_timeout = a.attr_timeout = FOREVER_S
         return a
 
@@ -178,6 +179,8 @@ class RafsOperations(pyfuse3.Operations):
 
     @handler("lookup")
     async def lookup(self, parent_inode, name, ctx=None):
+        if len(name) > NAME_MAX:  # (statfs says so; the kernel checks only its own 1024)
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         inode = self.image.lookup(self._to_image(parent_inode), bytes(name))
         if inode is None:
             negative = pyfuse3.EntryAttributes()
@@ -202,8 +205,17 @@ class RafsOperations(pyfuse3.Operations):
 
     @handler("readdir")
     async def readdir(self, fh, start_id, token):
-        for name, inode, pos in self.image.readdir(self._to_image(fh), start_id):
-            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), pos):
+        # `.` and `..` first, at positions 1 and 2, as nydusd lists them; the image's entries
+        # after them (the kernel makes no dentries of the two, so their inodes cost nothing)
+        ino = self._to_image(fh)
+        if start_id < 1 and not pyfuse3.readdir_reply(token, b".", self.attrs(
+                self.image.getattr(ino)), 1):
+            return
+        if start_id < 2 and not pyfuse3.readdir_reply(token, b"..", self.attrs(
+                self.image.getattr(self.image.parent(ino))), 2):
+            return
+        for name, inode, pos in self.image.readdir(ino, max(start_id - 2, 0)):
+            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), pos + 2):
                 break
 
     async def releasedir(self, fh):

@@ -184,6 +184,10 @@ class Image:
         """
         raise NotImplementedError
 
+    def parent(self, ino: int) -> int:
+        """The directory holding directory `ino` (the root's is the root): what `..` names."""
+        raise NotImplementedError
+
     def readlink(self, ino: int) -> bytes:
         """Target of symlink `ino`."""
         raise NotImplementedError

@@ -48,7 +48,7 @@ I_HAS_HOLE = 0x8
 V5_INODE_FLAGS = I_SYMLINK | I_HARDLINK | I_XATTR | I_HAS_HOLE
 
 _SUPER = struct.Struct("<IIIIQQQQQIIIIQ")
-_INODE = struct.Struct("<32sQQIIIIQQQIIIHHIIQ8x")
+_INODE = struct.Struct("<32sQQIIIIQQQIIIHHIIq8x")  # i_mtime signed, as the kernel reads it
 _CHUNK = struct.Struct("<32sIIIIQQQII")
 _EXT_BLOB = struct.Struct("<IIQQ40x")
 INODE_HDR = 128
@@ -381,6 +381,13 @@ class V5Image(Image):
                                 offset=rec.offset + INODE_HDR)
             prev = rec.name
             yield rec.name, self._inode(rec), k + 1
+
+    def parent(self, ino: int) -> int:
+        rec = self._dir_record(ino)
+        if ino == self.root_ino or not rec.parent:
+            return self.root_ino
+        self._dir_record(rec.parent)
+        return rec.parent
 
     def readlink(self, ino: int) -> bytes:
         rec = self._inode_record(ino)

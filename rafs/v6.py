@@ -64,7 +64,7 @@ _SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHH")
 _EXT = struct.Struct("<QQIIQQQI4x")
 _BLOB = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36x")
 _COMPACT = struct.Struct("<HHHHI4xII HH4x".replace(" ", ""))
-_EXTENDED = struct.Struct("<HHH2xQIIIIQII16x")
+_EXTENDED = struct.Struct("<HHH2xQIIIIqII16x")  # i_mtime signed, as the kernel reads it
 _DIRENT = struct.Struct("<QHBx")
 _CHUNK_REC = struct.Struct("<32sIIIIQQQII")
 _XATTR_PREFIX = {1: b"user.", 2: b"system.posix_acl_access", 3: b"system.posix_acl_default",
@@ -433,6 +433,19 @@ class V6Image(Image):
                 if pos <= start or name in (b".", b".."):
                     continue
                 yield name, self._child(parent, name, nid), pos
+
+    def parent(self, ino: int) -> int:
+        d = self._dir(ino)
+        known = self._parents.get(ino)
+        if known is not None:
+            return known
+        # not reached through a lookup here (a daemon that took over a mount): the `..` entry
+        for name, nid, _t in self._dirents_cached(d, 0) if d.size else ():
+            if name == b"..":
+                self._dir(nid)
+                return nid
+        raise RafsError("directory has no '..' entry", structure=f"directory {ino}",
+                        offset=d.offset)
 
     # -- symlinks, xattrs ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ turned into what overlayfs expects (`overlayfs`: `.wh.NAME` -> char device 0/0 `
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import sys
@@ -108,21 +109,24 @@ def _add(tar, member, count, root, index, links, spool_dir, whiteout_spec) -> No
             parent.xattrs[b"trusted.overlay.opaque"] = b"y"
             return
         parts[-1] = name = name[len(WHITEOUT):]
-        st = TarStat(stat.S_IFCHR, 0, 0, 0, int(member.mtime), int(member.mtime) * 10**9, 0, 1,
-                     count)
+        mtime = math.floor(member.mtime)
+        st = TarStat(stat.S_IFCHR, 0, 0, 0, mtime, mtime * 10**9, 0, 1, count)
         _place(parent, index, parts, Node(name, "", st))
         return
     if member.islnk():
         target = index.get(tuple(_split(member.linkname)))
-        if target is None or not stat.S_ISREG(target.st.st_mode):
+        if target is None:
             raise RafsError(f"hard link {member.name!r} to missing file {member.linkname!r}")
-        _place(parent, index, parts, Node(name, target.path, target.st, xattrs=target.xattrs))
+        if target.is_dir:
+            raise RafsError(f"hard link {member.name!r} to directory {member.linkname!r}")
+        _place(parent, index, parts, Node(name, target.path, target.st, symlink=target.symlink,
+                                          xattrs=target.xattrs))
         return
     kind = _TYPES.get(member.type)
     if kind is None:
         raise RafsError(f"tar entry {member.name!r} has unsupported type {member.type!r}")
     rdev = os.makedev(member.devmajor, member.devminor) if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
-    mtime = int(member.mtime)
+    mtime = math.floor(member.mtime)  # whole seconds, as nydus-image takes them from a tar
     st = TarStat(kind | (member.mode & 0o7777), member.uid, member.gid,
                  member.size if kind == stat.S_IFREG else 0, mtime, mtime * 10**9, rdev, 1, count)
     xattrs = {k[len("SCHILY.xattr."):].encode("utf-8", "surrogateescape"): v.encode(

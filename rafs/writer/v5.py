@@ -24,7 +24,7 @@ from .tree import Node, bfs, find
 
 SB_SIZE = 8192
 _SUPER = struct.Struct("<IIIIQQQQQIIIIQ")
-_INODE = struct.Struct("<32sQQIIIIQQQIIIHHIIQ8x")
+_INODE = struct.Struct("<32sQQIIIIQQQIIIHHIIq8x")  # i_mtime: before 1970 negative
 _CHUNK = struct.Struct("<32sIIIIQQQII")
 I_SYMLINK, I_XATTR = 0x1, 0x4
 COMPRESSOR_FLAGS = {"none": SB_COMPRESSION_NONE, "lz4_block": SB_COMPRESSION_LZ4,
@@ -76,14 +76,13 @@ class V5Writer:
         inos = {}
         for n, _p in order:
             key = (n.st.st_dev, n.st.st_ino)
-            if stat.S_ISREG(n.st.st_mode):
+            if not n.is_dir:  # hard links of any non-directory, as upstream's builder
                 first.setdefault(key, index[id(n)])
                 count[key] = count.get(key, 0) + 1
                 inos[id(n)] = first[key]
             else:
                 inos[id(n)] = index[id(n)]
-        nlinks = {id(n): count[(n.st.st_dev, n.st.st_ino)] for n, _p in order
-                  if stat.S_ISREG(n.st.st_mode)}
+        nlinks = {id(n): count[(n.st.st_dev, n.st.st_ino)] for n, _p in order if not n.is_dir}
         return inos, nlinks
 
     def _chunks(self, n: Node) -> list[ChunkInfo]:
@@ -123,7 +122,7 @@ class V5Writer:
         xattr = _xattr_table(n.xattrs) if n.xattrs else b""
         blocks = -(-(size + len(xattr)) // 512)
         uid, gid = (0, 0) if self.repeatable else (st.st_uid, st.st_gid)
-        mtime, nsec = (0, 0) if parent is None else (int(st.st_mtime), st.st_mtime_ns % 10**9)
+        mtime, nsec = (0, 0) if parent is None else divmod(st.st_mtime_ns, 10**9)
         rdev = st.st_rdev & 0xFFFFFFFF if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
         parent_ino = inos[id(parent)] if parent is not None else 0
         head = _INODE.pack(digest, parent_ino, inos[id(n)], uid, gid, 0, st.st_mode, size, blocks,

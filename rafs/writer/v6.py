@@ -32,7 +32,7 @@ _SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHH38x")
 _EXT = struct.Struct("<QQIIQQQI4x200x")
 _SLOT = struct.Struct("<64sII56x")
 _BLOB = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36x")
-_INODE = struct.Struct("<HHHHQIIIIQII16x")
+_INODE = struct.Struct("<HHHHQIIIIqII16x")  # i_mtime: before 1970 negative
 _DIRENT = struct.Struct("<QHBx")
 _CHUNK = struct.Struct("<32sIIIIQQQII")
 _META = struct.Struct("<IIIIQQQQQI")
@@ -130,19 +130,21 @@ class V6Writer:
         return self._assemble(inodes, paths, blob), (blob[0] if blob else None)
 
     def _collect(self, root: Node) -> tuple[list[_Ino], list[tuple[Node, Node | None]]]:
-        """One _Ino per unique inode (hardlinks share), with file data chunked into the blob."""
+        """One _Ino per unique inode (hard links of any non-directory share one, as upstream's
+        builder groups them), with file data chunked into the blob."""
         by_key: dict[tuple[int, int], _Ino] = {}
         self.of: dict[int, _Ino] = {}
         inodes, paths = [], list(bfs(root))
         for n, _p in paths:
             key = (n.st.st_dev, n.st.st_ino)
-            ino = by_key.get(key) if stat.S_ISREG(n.st.st_mode) else None
+            ino = by_key.get(key) if not n.is_dir else None
             if ino is None:
                 ino = _Ino(n)
                 ino.nlink = 0
                 inodes.append(ino)
-                if stat.S_ISREG(n.st.st_mode):
+                if not n.is_dir:
                     by_key[key] = ino
+                if stat.S_ISREG(n.st.st_mode):
                     ino.chunks = self.blob.add_file(n.path, n.st.st_size) if n.st.st_size else []
             ino.nlink += 1
             self.of[id(n)] = ino
@@ -259,7 +261,7 @@ class V6Writer:
             i_u = 0
         nlink = 2 + sum(1 for c in n.children if c.is_dir) if n.is_dir else ino.nlink
         uid, gid = (0, 0) if self.repeatable else (st.st_uid, st.st_gid)
-        mtime, nsec = (0, 0) if root else (int(st.st_mtime), st.st_mtime_ns % 10**9)
+        mtime, nsec = (0, 0) if root else divmod(st.st_mtime_ns, 10**9)
         icount = (len(ino.xattr) - 12) // 4 + 1 if ino.xattr else 0
         return _INODE.pack(1 | ino.layout << 1, icount, mode, 0, ino.size, i_u, seq, uid, gid,
                            mtime, nsec, nlink) + ino.xattr
@@ -302,7 +304,7 @@ class V6Writer:
         blocks = d_size // BS if blob else 0
         mapped = _align(len(out), 512 * 1024) // BS
         out[1024:1024 + _SUPER.size] = _SUPER.pack(
-            0xE0F5E1E2, 0, 0x4000_0000, 12, 0, inodes[0].nid, len(paths), 0, 0, blocks,
+            0xE0F5E1E2, 0, 0x4000_0000, 12, 0, inodes[0].nid, len(inodes), 0, 0, blocks,
             self.meta_blkaddr, 0, bytes(16), bytes(16), 0xC, 0, nblobs, 11)
         flags = COMPRESSOR_FLAGS[self.compressor] | DIGESTER_FLAGS[self.digester]
         flags |= 0 if self.repeatable else SB_EXPLICIT_UID_GID
