@@ -45,7 +45,7 @@ class DaemonConfig:
     def redacted(self) -> dict:
         """The backend config with secrets blanked, for logs and the API."""
         cfg = dict(self.storage.backend_config)
-        for key in ("auth", "registry_token", "access_key_id", "access_key_secret", "password"):
+        for key in _SECRETS:
             if cfg.get(key):
                 cfg[key] = ""
         if isinstance(cfg.get("host"), str):
@@ -107,8 +107,12 @@ def _str(d: dict, key: str, default: str = "") -> str:
     if v is None:
         return default
     if not isinstance(v, str):
-        raise ConfigError(f"'{key}' must be a string, not {v!r}")
+        shown = "a " + type(v).__name__ if key in _SECRETS else repr(v)
+        raise ConfigError(f"'{key}' must be a string, not {shown}")
     return v
+
+
+_SECRETS = ("auth", "registry_token", "access_key_id", "access_key_secret", "password")
 
 
 def _strings(d: dict, key: str) -> list[str]:

@@ -211,9 +211,15 @@ class RafsOperations(pyfuse3.Operations):
         if start_id < 1 and not pyfuse3.readdir_reply(token, b".", self.attrs(
                 self.image.getattr(ino)), 1):
             return
-        if start_id < 2 and not pyfuse3.readdir_reply(token, b"..", self.attrs(
-                self.image.getattr(self.image.parent(ino))), 2):
-            return
+        if start_id < 2:
+            try:
+                parent = self.image.getattr(self.image.parent(ino))
+            except rafs.RafsError as e:  # a broken `..` costs the entry, not the listing
+                log.warning("directory %d: no '..' in its listing: %s", ino, e)
+                parent = None
+            if parent is not None and not pyfuse3.readdir_reply(token, b"..", self.attrs(parent),
+                                                                 2):
+                return
         for name, inode, pos in self.image.readdir(ino, max(start_id - 2, 0)):
             if not pyfuse3.readdir_reply(token, name, self.attrs(inode), pos + 2):
                 break

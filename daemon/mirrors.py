@@ -150,12 +150,14 @@ def parse_mirrors(value, warn: bool = True) -> list[Mirror]:
 
 
 def header_value_ok(v: str) -> bool:
-    """A header value that can be sent: one line of Latin-1 text."""
+    """A header value that can be sent: one line of Latin-1 text, without leading whitespace
+    (which requests refuses to send)."""
     try:
         v.encode("latin-1")
     except UnicodeEncodeError:
         return False
-    return not any(ord(c) < 0x20 and c != "\t" or c == "\x7f" for c in v)
+    return v[:1] not in (" ", "\t") and not any(ord(c) < 0x20 and c != "\t" or c == "\x7f"
+                                                 for c in v)
 
 
 def _http_url(url: str, where: str) -> urllib.parse.SplitResult:

@@ -21,6 +21,7 @@ import datetime
 import email.utils
 import hashlib
 import hmac
+import re
 import urllib.parse
 
 from .backends import Backend
@@ -38,15 +39,22 @@ def make_object_storage(kind: str, config: dict) -> Backend:
     return S3Backend(config) if kind == "s3" else OssBackend(config)
 
 
+_HOST = re.compile(r"(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_REGION = re.compile(r"[a-z0-9-]+")
+_KEY_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no whitespace
+
+
 def _endpoint(config: dict, kind: str, scheme: str, default: str = "") -> str:
-    """host[:port], without the scheme's default port (the Host header a client sends omits it,
-    and the signature covers that header)."""
-    endpoint = config.get("endpoint") or default
+    """host[:port] in lower case (as a client sends it in Host, which the signature covers),
+    without the scheme's default port (which a client leaves out of Host)."""
+    endpoint = (config.get("endpoint") or default).lower()
     if not endpoint:
         raise BackendError(f"{kind} backend needs 'endpoint'")
-    if any(c in endpoint for c in "/@?#\\ ") or not endpoint.isprintable():
-        raise BackendError(f"{kind} 'endpoint' must be host[:port], not {endpoint[:80]!r} "
-                           "(the scheme goes in 'scheme')")
+    if not _HOST.fullmatch(endpoint):
+        shown = endpoint.rpartition("@")[2][:80]
+        raise BackendError(f"{kind} 'endpoint' must be host[:port] (ASCII; the scheme goes in "
+                           f"'scheme'), not {shown!r}")
     default_port = ":443" if scheme == "https" else ":80"
     return endpoint[:-len(default_port)] if endpoint.endswith(default_port) else endpoint
 
@@ -67,6 +75,9 @@ class _ObjectStorage(RegistryBackend):
         if bool(self.key_id) != bool(self.secret):
             raise BackendError(f"{self.kind} backend: 'access_key_id' and 'access_key_secret' "
                                "go together")
+        if self.key_id and (not _KEY_ID.fullmatch(self.key_id) or ":" in self.key_id):
+            raise BackendError(f"{self.kind} 'access_key_id' must be printable ASCII without "
+                               "spaces or ':'")
 
     def _send(self, url: str, headers: dict, blob_id: str, or_direct: bool = True):
         hdrs = dict(headers)
@@ -80,13 +91,18 @@ class _ObjectStorage(RegistryBackend):
 
 def _bucket_checked(config: dict, kind: str) -> str:
     bucket = config.get("bucket_name") or ""
-    if bucket and not all(c.isalnum() or c in "-._" for c in bucket):
+    if bucket and not _BUCKET.fullmatch(bucket):
         raise BackendError(f"{kind} 'bucket_name' {bucket[:80]!r} is not a bucket name")
     return bucket
 
 
-def _prefix(config: dict) -> str:
-    return urllib.parse.quote(config.get("object_prefix") or "", safe=_KEY_SAFE)
+def _prefix(config: dict, kind: str) -> str:
+    """object_prefix as it goes into the URL path; `.` and `..` segments are refused (a client
+    resolves them away, so the object asked for would not be the one signed)."""
+    prefix = config.get("object_prefix") or ""
+    if any(seg in (".", "..") for seg in prefix.split("/")):
+        raise BackendError(f"{kind} 'object_prefix' {prefix[:80]!r} has a '.' or '..' segment")
+    return urllib.parse.quote(prefix, safe=_KEY_SAFE)
 
 
 class S3Backend(_ObjectStorage):
@@ -99,8 +115,11 @@ class S3Backend(_ObjectStorage):
         scheme = "http" if config.get("scheme") == "http" else "https"
         endpoint = _endpoint(config, "s3", scheme, S3_DEFAULT_ENDPOINT)
         bucket = _bucket_checked(config, "s3")
-        super().__init__(config, f"{scheme}://{endpoint}/{bucket}/{_prefix(config)}")
+        super().__init__(config, f"{scheme}://{endpoint}/{bucket}/{_prefix(config, 's3')}")
         self.region = config.get("region") or S3_DEFAULT_REGION
+        if not _REGION.fullmatch(self.region):
+            raise BackendError(f"s3 'region' must be lower-case letters, digits and '-', not "
+                               f"{self.region[:40]!r}")
 
     def _sign(self, url: str, headers: dict) -> None:
         parts = urllib.parse.urlsplit(url)
@@ -135,7 +154,7 @@ class OssBackend(_ObjectStorage):
         scheme = "http" if config.get("scheme") == "http" else "https"
         endpoint = _endpoint(config, "oss", scheme)
         self.bucket = _bucket_checked(config, "oss")
-        super().__init__(config, f"{scheme}://{self.bucket}.{endpoint}/{_prefix(config)}")
+        super().__init__(config, f"{scheme}://{self.bucket}.{endpoint}/{_prefix(config, 'oss')}")
 
     def _sign(self, url: str, headers: dict) -> None:
         date = email.utils.formatdate(usegmt=True)

@@ -126,6 +126,8 @@ class RegistryBackend(Backend):
             return self._session().get(url, headers=headers, timeout=self.timeout,
                                        verify=self.verify, allow_redirects=False, stream=True,
                                        proxies=proxies)
+        except requests.exceptions.InvalidHeader:  # its text holds the value (a credential?)
+            raise BackendError(f"GET {url_for_log(url)}: a header value cannot be sent") from None
         except (requests.RequestException, ValueError) as e:  # ValueError: a malformed Location
             if self.may_downgrade and not proxy and _tls_refused(e) and url.startswith(
                     "https://") and same_origin(url, self.base):

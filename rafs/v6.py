@@ -439,11 +439,16 @@ class V6Image(Image):
         known = self._parents.get(ino)
         if known is not None:
             return known
-        # not reached through a lookup here (a daemon that took over a mount): the `..` entry
-        for name, nid, _t in self._dirents_cached(d, 0) if d.size else ():
-            if name == b"..":
-                self._dir(nid)
-                return nid
+        # not reached through a lookup here (a daemon that took over a mount): the `..` entry,
+        # in whichever block the name order put it (names such as "-x" sort before it)
+        for k in range(self._nblocks(d)):
+            ents = self._dirents_cached(d, k)
+            for name, nid, _t in ents:
+                if name == b"..":
+                    self._dir(nid)
+                    return nid
+            if ents and ents[-1][0] > b"..":  # past where it sorts
+                break
         raise RafsError("directory has no '..' entry", structure=f"directory {ino}",
                         offset=d.offset)
 

@@ -45,7 +45,10 @@ def _entry(image: rafs.Image, path: bytes, inode: rafs.Inode, blobs: LocalBlobs 
 def _ls_line(image: rafs.Image, path: bytes, inode: rafs.Inode) -> str:
     size = f"{inode.rdev >> 8 & 0xfff}, {inode.rdev & 0xff | inode.rdev >> 12 & 0xfff00}" \
         if stat.S_ISCHR(inode.mode) or stat.S_ISBLK(inode.mode) else str(inode.size)
-    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(inode.mtime))
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(inode.mtime))
+    except (OverflowError, OSError, ValueError):  # beyond what the C library's calendar holds
+        when = f"@{inode.mtime}"
     line = (f"{stat.filemode(inode.mode)} {inode.nlink:>3} {inode.uid:>5} {inode.gid:>5} "
             f"{size:>10} {when} {_fsdecode(path)}")
     if inode.is_symlink:

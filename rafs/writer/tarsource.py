@@ -109,7 +109,7 @@ def _add(tar, member, count, root, index, links, spool_dir, whiteout_spec) -> No
             parent.xattrs[b"trusted.overlay.opaque"] = b"y"
             return
         parts[-1] = name = name[len(WHITEOUT):]
-        mtime = math.floor(member.mtime)
+        mtime = _mtime(member)
         st = TarStat(stat.S_IFCHR, 0, 0, 0, mtime, mtime * 10**9, 0, 1, count)
         _place(parent, index, parts, Node(name, "", st))
         return
@@ -126,7 +126,7 @@ def _add(tar, member, count, root, index, links, spool_dir, whiteout_spec) -> No
     if kind is None:
         raise RafsError(f"tar entry {member.name!r} has unsupported type {member.type!r}")
     rdev = os.makedev(member.devmajor, member.devminor) if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
-    mtime = math.floor(member.mtime)  # whole seconds, as nydus-image takes them from a tar
+    mtime = _mtime(member)
     st = TarStat(kind | (member.mode & 0o7777), member.uid, member.gid,
                  member.size if kind == stat.S_IFREG else 0, mtime, mtime * 10**9, rdev, 1, count)
     xattrs = {k[len("SCHILY.xattr."):].encode("utf-8", "surrogateescape"): v.encode(
@@ -146,6 +146,19 @@ def _add(tar, member, count, root, index, links, spool_dir, whiteout_spec) -> No
         existing.st, existing.xattrs = st, node.xattrs  # a directory entry after its children
         return
     _place(parent, index, parts, node)
+
+
+def _mtime(member: tarfile.TarInfo) -> int:
+    """Whole seconds, floored, as nydus-image takes them from a tar; an mtime no inode can hold
+    (NaN, infinite, beyond 64 bits signed) is refused by name."""
+    try:
+        mtime = math.floor(member.mtime)
+    except (ValueError, OverflowError, TypeError):
+        mtime = None
+    if mtime is None or not -(1 << 63) <= mtime < 1 << 63:
+        raise RafsError(f"tar entry {member.name!r} has an mtime no inode can hold: "
+                        f"{str(member.mtime)[:40]}")
+    return mtime
 
 
 def _place(parent: Node, index: dict, parts: list[bytes], node: Node) -> None:

@@ -26,7 +26,7 @@ SB_SIZE = 8192
 _SUPER = struct.Struct("<IIIIQQQQQIIIIQ")
 _INODE = struct.Struct("<32sQQIIIIQQQIIIHHIIq8x")  # i_mtime: before 1970 negative
 _CHUNK = struct.Struct("<32sIIIIQQQII")
-I_SYMLINK, I_XATTR = 0x1, 0x4
+I_SYMLINK, I_HARDLINK, I_XATTR = 0x1, 0x2, 0x4
 COMPRESSOR_FLAGS = {"none": SB_COMPRESSION_NONE, "lz4_block": SB_COMPRESSION_LZ4,
                     "zstd": SB_COMPRESSION_ZSTD}
 DIGESTER_FLAGS = {"blake3": SB_HASH_BLAKE3, "sha256": SB_HASH_SHA256}
@@ -119,6 +119,8 @@ class V5Writer:
                 st.st_size if stat.S_ISREG(st.st_mode) else 0)
             nlink = nlinks.get(id(n), 1)
             child_index, child_count = 0, len(chunks)
+            if nlink > 1:  # as upstream's builder marks them (its check and unpack tools read it)
+                flags |= I_HARDLINK
         xattr = _xattr_table(n.xattrs) if n.xattrs else b""
         blocks = -(-(size + len(xattr)) // 512)
         uid, gid = (0, 0) if self.repeatable else (st.st_uid, st.st_gid)

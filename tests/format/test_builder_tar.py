@@ -108,3 +108,17 @@ def test_hostile_tar_names_are_refused(tmp_path):
     r = create(tmp_path, "-", stdin=buf.getvalue())
     assert r.returncode == 1 and b"escapes the root" in r.stderr
     assert not (tmp_path / "bootstrap").exists()
+
+
+@pytest.mark.parametrize("mtime", ["nan", "inf", "-inf", "9223372036854775808", "1e30"])
+def test_an_mtime_no_inode_can_hold_is_refused_by_name(tmp_path, mtime):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        m = tarfile.TarInfo("when")
+        m.pax_headers = {"mtime": mtime}  # what a pax header may say
+        tar.addfile(m, io.BytesIO(b""))
+    (tmp_path / "t.tar").write_bytes(buf.getvalue())
+    for version in ("5", "6"):
+        r = create(tmp_path / version, str(tmp_path / "t.tar"), "--fs-version", version)
+        assert r.returncode != 0 and b"Traceback" not in r.stderr
+        assert b"'when' has an mtime no inode can hold" in r.stderr, r.stderr

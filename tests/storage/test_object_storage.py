@@ -161,8 +161,9 @@ def test_s3_with_a_wrong_secret_fails_with_the_403_not_wrong_data(sample_v6):
         with pytest.raises(BackendError, match="403.*SignatureDoesNotMatch"):
             backend.read(blob_id, 0, 10)
         assert len(store_srv.seen) == 1  # a refusal is not retried
-        # the right secret, and no region given: us-east-1, as AWS's default
-        good = make_backend("s3", {"scheme": "http", "endpoint": f"127.0.0.1:{store_srv.port}",
+        # the right secret, and no region given: us-east-1, as AWS's default; an endpoint in
+        # capitals is signed as the client sends it in Host: in lower case
+        good = make_backend("s3", {"scheme": "http", "endpoint": f"LocalHost:{store_srv.port}",
                                    "bucket_name": "images", "access_key_id": KEY_ID,
                                    "access_key_secret": SECRET})
         assert good.read(blob_id, 5, 10) == (image_dir / "blobs" / blob_id).read_bytes()[5:15]
@@ -217,13 +218,27 @@ def test_oss_through_a_proxy_reads_every_file_signed(sample_v6):
     ({"bucket_name": "a/b"}, "is not a bucket name"),
     ({"bucket_name": "b", "access_key_id": "id"}, "go together"),
     ({"bucket_name": "b", "mirrors": [{"host": "http://m"}]}, "'mirrors' are for"),
-    ({"bucket_name": "b", "access_key_secret": 7}, "access_key_secret"),
+    ({"bucket_name": "b", "access_key_secret": 7}, "'access_key_secret' must be a string, not "
+                                                    "a int"),  # (the value not shown)
+    ({"bucket_name": "..", "endpoint": "s3.example"}, "not a bucket name"),
+    ({"bucket_name": "bücket", "endpoint": "s3.example"}, "not a bucket name"),
+    ({"bucket_name": "b", "object_prefix": "a/../b/"}, "'.' or '..' segment"),
+    ({"bucket_name": "b", "object_prefix": "./x"}, "'.' or '..' segment"),
+    ({"bucket_name": "b", "endpoint": "host:"}, "must be host\\[:port\\]"),
+    ({"bucket_name": "b", "endpoint": "bücher.example"}, "must be host\\[:port\\]"),
+    ({"bucket_name": "b", "endpoint": "u:secret@host"}, "not 'host'"),
+    ({"bucket_name": "b", "region": "us-east-1\r\nX-Evil: 1"}, "'region' must be"),
+    ({"bucket_name": "b", "access_key_id": "AK\r\nX: 1", "access_key_secret": "s"},
+     "'access_key_id' must be printable"),
+    ({"bucket_name": "b", "access_key_id": "AK:ID", "access_key_secret": "s"},
+     "'access_key_id' must be printable"),
 ])
 def test_bad_object_storage_configs_are_refused_naming_the_field(fields, error):
     text = json.dumps({"device": {"backend": {"type": "s3", "config": fields}}, "mode": "direct"})
-    with pytest.raises((ConfigError, BackendError), match=error):
+    with pytest.raises((ConfigError, BackendError), match=error) as e:
         cfg = parse_config_text(text)
         make_backend("s3", cfg.storage.backend_config)
+    assert "secret" not in str(e.value).replace("access_key_secret", "")
     with pytest.raises(ConfigError, match="oss backend needs 'endpoint'"):
         parse_config_text('{"device": {"backend": {"type": "oss", "config": {"bucket_name": "b"}}},'
                           ' "mode": "direct"}')

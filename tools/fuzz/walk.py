@@ -16,6 +16,7 @@ def exercise(image: rafs.Image, max_visits: int = MAX_VISITS) -> int:
     image.getattr(image.root_ino)
     while stack and visits < max_visits:
         ino = stack.pop()
+        image.parent(ino)  # what readdir's ".." entry asks
         entries = []
         for entry in image.readdir(ino):
             entries.append(entry)

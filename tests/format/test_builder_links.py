@@ -1,0 +1,46 @@
+"""Builder details a reader relies on: the v6 `..` entry wherever the name order puts it (a
+daemon that took over a mount finds parents there), and v5's hard-link flag."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import rafs
+from rafs.v5 import I_HARDLINK
+from tests.treeutil import build_image
+
+
+def test_v6_parent_is_found_from_the_dotdot_entry_in_any_block(tmp_path):
+    src = tmp_path / "src"
+    (src / "d/sub").mkdir(parents=True)
+    for i in range(40):  # names sorting before ".." push it out of the first block
+        (src / "d" / f"-{i:03d}{'x' * 120}").write_bytes(b"")
+    img = tmp_path / "img"
+    build_image(src, img, "--fs-version", "6")
+    seen = rafs.open_image(img / "bootstrap")
+    d = seen.lookup(seen.root_ino, b"d").ino
+    sub = seen.lookup(d, b"sub").ino
+    assert (seen.parent(d), seen.parent(sub), seen.parent(seen.root_ino)) == (
+        seen.root_ino, d, seen.root_ino)
+    fresh = rafs.open_image(img / "bootstrap")  # no lookups: only the on-disk entries
+    assert (fresh.parent(sub), fresh.parent(d)) == (d, fresh.root_ino)
+
+
+def test_v5_marks_hard_links_of_any_kind(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.link(src / "f", src / "f2")
+    os.symlink("target", src / "s")
+    os.link(src / "s", src / "s2", follow_symlinks=False)
+    (src / "lone").write_bytes(b"y")
+    img = tmp_path / "img"
+    build_image(src, img, "--fs-version", "5")
+    image = rafs.open_image(img / "bootstrap")
+    flags = {}
+    for name in (b"f", b"f2", b"s", b"s2", b"lone"):
+        ino = image.lookup(image.root_ino, name).ino
+        flags[name] = bool(image._inode_record(ino).flags & I_HARDLINK)
+    assert flags == {b"f": True, b"f2": True, b"s": True, b"s2": True, b"lone": False}
+    assert image.lookup(image.root_ino, b"s").ino == image.lookup(image.root_ino, b"s2").ino
