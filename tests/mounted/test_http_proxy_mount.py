@@ -31,6 +31,22 @@ def files_of(src: Path) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink() and p.stat().st_size}
 
 
+def read_every_file_through_a_mount(img: Path, src: Path, cfg: Path, tmp_path: Path) -> str:
+    """Mount image `img` with `--config cfg`, check that every file of `src` reads back the same
+    through the mount and that the daemon logged no error; return its log."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(img / "bootstrap"), "--config", str(cfg),
+                str(mnt)], mnt)
+    try:
+        for rel, data in files_of(src).items():
+            assert (mnt / rel).read_bytes() == data, rel
+        d.assert_clean_log()
+        return d.output()
+    finally:
+        d.stop()
+
+
 def blob_dir_server(blob_dir: Path) -> ScriptedServer:
     """GET /blobs/<id> with Range, from the files of blob_dir."""
     def respond(h):
@@ -58,16 +74,9 @@ def test_a_mount_reads_every_file_through_the_http_proxy_backend(sample_v6, tmp_
         addr, path = str(tmp_path / "blob.sock"), ""
     cfg = tmp_path / "config.toml"
     cfg.write_text(CONFIG.format(addr=addr, path=path, cache=tmp_path / "cache"))
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    d = Daemon([str(PYNYDUSD), "--bootstrap", str(img / "bootstrap"), "--config", str(cfg),
-                str(mnt)], mnt)
     try:
-        for rel, data in files_of(src).items():
-            assert (mnt / rel).read_bytes() == data, rel
+        log = read_every_file_through_a_mount(img, src, cfg, tmp_path)
         assert server.seen  # the bytes came through it
-        assert "http-proxy backend" in d.output()
-        d.assert_clean_log()
+        assert "http-proxy backend" in log
     finally:
-        d.stop()
         server.stop()

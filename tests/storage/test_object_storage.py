@@ -11,10 +11,9 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from daemon.config import ConfigError, parse_config_text
 from daemon.storage import BlobStore, StorageOptions
 from daemon.storage_errors import BackendError
 from rafs.localblob import walk
+from tests.servers import ScriptedServer
 
 KEY_ID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 _S3_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/s3/aws4_request, "
@@ -68,55 +68,32 @@ def oss_signature_ok(h: BaseHTTPRequestHandler, bucket: str) -> bool:
     return hmac.compare_digest(base64.b64encode(mac).decode(), m.group(2))
 
 
-class ObjectStore:
+def ObjectStore(objects: dict[str, bytes], check) -> ScriptedServer:  # noqa: N802 - a server
     """A threaded object store on 127.0.0.1: `objects` maps a URL path to bytes, served with
-    Range; `check(handler)` says whether a request's signature is good (else 403). It records
-    (path, headers) of every request. With `proxy`, it also takes absolute-form requests, as a
-    forward proxy in front of the store (OSS names the bucket in the host, which has no DNS
-    here)."""
+    Range; `check(handler)` says whether a request's signature is good (else 403). It also takes
+    absolute-form requests, as a forward proxy in front of the store (OSS names the bucket in
+    the host, which has no DNS here). `.paths()` lists the object paths asked for."""
 
-    def __init__(self, objects: dict[str, bytes], check) -> None:
-        seen = self.seen = []
+    def respond(h: BaseHTTPRequestHandler):
+        parts = urllib.parse.urlsplit(h.path)
+        if parts.netloc:  # absolute form: we are the proxy; Host must agree
+            if h.headers["Host"] != parts.netloc:
+                return 400, {}, b"Host disagrees with the request target"
+            h.path = parts.path
+        if not check(h):
+            return 403, {}, b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
+        data = objects.get(urllib.parse.unquote(h.path))
+        if data is None:
+            return 404, {}, b"<Error><Code>NoSuchKey</Code></Error>"
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", h.headers.get("Range", ""))
+        if not m:
+            return 200, {}, data
+        a, b = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
+        return 206, {"Content-Range": f"bytes {a}-{b}/{len(data)}"}, data[a:b + 1]
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                parts = urllib.parse.urlsplit(self.path)
-                if parts.netloc:  # absolute form: we are the proxy; Host must agree
-                    if self.headers["Host"] != parts.netloc:
-                        return self._answer(400, b"Host disagrees with the request target")
-                    self.path = parts.path
-                seen.append((self.path, dict(self.headers)))
-                if not check(self):
-                    return self._answer(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>")
-                data = objects.get(urllib.parse.unquote(self.path))
-                if data is None:
-                    return self._answer(404, b"<Error><Code>NoSuchKey</Code></Error>")
-                m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
-                if not m:
-                    return self._answer(200, data)
-                a, b = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
-                self._answer(206, data[a:b + 1], {"Content-Range": f"bytes {a}-{b}/{len(data)}"})
-
-            def _answer(self, status: int, body: bytes, headers: dict | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    server = ScriptedServer(respond)
+    server.paths = lambda: [urllib.parse.urlsplit(p).path for _m, p, _h in server.seen]
+    return server
 
 
 def _objects(image_dir: Path, prefix: str) -> dict[str, bytes]:
@@ -144,7 +121,7 @@ def test_s3_reads_every_file_with_requests_botocore_accepts(sample_v6):
             "access_key_secret": SECRET}, cache_type=""))
         got = _read_all(image, store)
         assert got == _source_files(src)
-        assert store_srv.seen and all(p.startswith("/images/nydus%20v2/") for p, _ in store_srv.seen)
+        assert store_srv.paths() and all(p.startswith("/images/nydus%20v2/") for p in store_srv.paths())
         assert store.metrics()["backend_type"] == "oss"  # nydusd reports S3 as "oss"
     finally:
         store_srv.stop()
@@ -207,7 +184,7 @@ def test_oss_through_a_proxy_reads_every_file_signed(sample_v6):
         image = rafs.open_image(image_dir / "bootstrap")
         store = BlobStore(image, StorageOptions("oss", cfg.storage.backend_config, cache_type=""))
         assert _read_all(image, store) == _source_files(src)
-        assert store_srv.seen and all(p.startswith("/nydus/") for p, _ in store_srv.seen)
+        assert store_srv.paths() and all(p.startswith("/nydus/") for p in store_srv.paths())
     finally:
         store_srv.stop()
 
