@@ -27,6 +27,7 @@ class BlobWriter:
         self.chunks: dict[bytes, ChunkInfo] = {}
         self.count = 0
         self.progress = None  # optional callable(bytes of one file), e.g. a progress bar
+        self.created: str | None = None  # the blob file finish() made (none was there before)
 
     def add(self, data: bytes) -> ChunkInfo:
         """Store one chunk (or reuse an identical one); return its record."""
@@ -87,10 +88,18 @@ class BlobWriter:
             os.unlink(self.tmp)
             return None
         blob_id = self.sha.hexdigest()
-        os.replace(self.tmp, os.path.join(self.blob_dir, blob_id))
+        final = os.path.join(self.blob_dir, blob_id)
+        existed = os.path.exists(final)  # (the same bytes, from an earlier build: shared)
+        os.replace(self.tmp, final)
+        self.created = None if existed else final
         return blob_id, self.c_off
 
     def abort(self) -> None:
+        """Remove what this build wrote: the temporary file, or the blob finish() created (a
+        blob of the same id that was there before may serve other images, and stays)."""
         self.f.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+        if self.created is not None:
+            os.unlink(self.created)
+            self.created = None

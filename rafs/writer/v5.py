@@ -60,15 +60,15 @@ class V5Writer:
             inos, nlinks = self._hardlinks(order, index)
             chunks = [self._chunks(n) for n, _p in order]
             result = self.blob.finish()
+            digests = self._digests(order, index, chunks)
+            records = [self._record(n, p, index, inos, nlinks, chunks[i], digests[i])
+                       for i, (n, p) in enumerate(order)]
+            table = [inos[id(find(root, p))] for p in prefetch or []]
+            return self._assemble(records, result, len(set(inos.values())), table), \
+                (result[0] if result else None)
         except BaseException:
             self.blob.abort()
             raise
-        digests = self._digests(order, index, chunks)
-        records = [self._record(n, p, index, inos, nlinks, chunks[i], digests[i])
-                   for i, (n, p) in enumerate(order)]
-        table = [inos[id(find(root, p))] for p in prefetch or []]
-        return self._assemble(records, result, len(set(inos.values())), table), \
-            (result[0] if result else None)
 
     def _hardlinks(self, order, index) -> tuple[dict[int, int], dict[int, int]]:
         first: dict[tuple[int, int], int] = {}

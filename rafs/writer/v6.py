@@ -123,11 +123,11 @@ class V6Writer:
         try:
             inodes, paths = self._collect(root)
             blob = self._finish_blob()
+            self._place(inodes, root)
+            return self._assemble(inodes, paths, blob), (blob[0] if blob else None)
         except BaseException:
             self.blob.abort()
             raise
-        self._place(inodes, root)
-        return self._assemble(inodes, paths, blob), (blob[0] if blob else None)
 
     def _collect(self, root: Node) -> tuple[list[_Ino], list[tuple[Node, Node | None]]]:
         """One _Ino per unique inode (hard links of any non-directory share one, as upstream's

@@ -1,13 +1,20 @@
 """Builder details a reader relies on: the v6 `..` entry wherever the name order puts it (a
-daemon that took over a mount finds parents there), and v5's hard-link flag."""
+daemon that took over a mount finds parents there), v5's hard-link flag; and what a failed build
+leaves in --blob-dir."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
+
 import rafs
+from rafs.errors import RafsError
 from rafs.v5 import I_HARDLINK
+from rafs.writer.tree import scan
+from rafs.writer.v5 import V5Writer
+from rafs.writer.v6 import V6Writer
 from tests.treeutil import build_image
 
 
@@ -44,3 +51,27 @@ def test_v5_marks_hard_links_of_any_kind(tmp_path: Path):
         flags[name] = bool(image._inode_record(ino).flags & I_HARDLINK)
     assert flags == {b"f": True, b"f2": True, b"s": True, b"s2": True, b"lone": False}
     assert image.lookup(image.root_ino, b"s").ino == image.lookup(image.root_ino, b"s2").ino
+
+
+@pytest.mark.parametrize("writer", [V5Writer, V6Writer])
+def test_a_build_failing_after_its_blob_removes_that_blob_only(tmp_path, monkeypatch, writer):
+    """A blob is named by its content: one already in --blob-dir (an earlier build of the same
+    data) may serve other images and stays; one this build created goes with the failure."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"some data" * 1000)
+    blobs = tmp_path / "blobs"
+
+    def boom(*args, **kwargs):
+        raise RafsError("the bootstrap step failed")
+
+    monkeypatch.setattr(writer, "_assemble", boom)
+    with pytest.raises(RafsError, match="bootstrap step failed"):
+        writer(str(blobs), "lz4_block", "blake3").build(scan(str(src)))
+    assert os.listdir(blobs) == []  # nothing left behind, not even the temporary file
+    monkeypatch.undo()
+    _bootstrap, blob_id = writer(str(blobs), "lz4_block", "blake3").build(scan(str(src)))
+    monkeypatch.setattr(writer, "_assemble", boom)
+    with pytest.raises(RafsError):
+        writer(str(blobs), "lz4_block", "blake3").build(scan(str(src)))
+    assert os.listdir(blobs) == [blob_id]  # the earlier build's blob stays
