@@ -1,9 +1,10 @@
 """Blob backends: they know blob ids and byte ranges, nothing else.
 
-`LocalfsBackend` reads `<dir>/<blob_id>`; `RegistryBackend` speaks the OCI distribution blob API
-(`GET /v2/<repo>/blobs/sha256:<id>` with `Range`), with basic and bearer auth, hand-followed
-redirects (no credentials to other hosts), an optional forward proxy with fallback, and retries
-with exponential backoff and jitter for temporary failures.
+`LocalfsBackend` reads `<dir>/<blob_id>`; `RegistryBackend` (daemon/registry.py) speaks the OCI
+distribution blob API (`GET /v2/<repo>/blobs/sha256:<id>` with `Range`), with basic and bearer
+auth, hand-followed redirects (no credentials to other hosts), an optional forward proxy with
+fallback, and retries with exponential backoff and jitter for temporary failures. On its client:
+http-proxy (daemon/httpproxy.py), oss and s3 (daemon/objectstorage.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Backend:
     """Reads exact byte ranges of blobs. Thread-safe."""
 
     kind = "none"
+
+    @property
+    def metrics_kind(self) -> str:
+        """`backend_type` in the metrics: the kind, unless nydusd names it otherwise."""
+        return self.kind
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

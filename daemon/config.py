@@ -107,7 +107,7 @@ def _str(d: dict, key: str, default: str = "") -> str:
     if v is None:
         return default
     if not isinstance(v, str):
-        shown = "a " + type(v).__name__ if key in _SECRETS else repr(v)
+        shown = f"a value of type {type(v).__name__}" if key in _SECRETS else repr(v)
         raise ConfigError(f"'{key}' must be a string, not {shown}")
     return v
 
@@ -181,13 +181,8 @@ def _backend(kind: str, cfg: dict) -> tuple[str, dict]:
                               f"{cfg['blob_url_scheme']!r:.40}")
     if kind == "localfs" and not all(isinstance(x, str) for x in cfg.get("alt_dirs") or []):
         raise ConfigError("'alt_dirs' must be a list of strings")
-    if kind in ("oss", "s3"):
-        if cfg.get("mirrors"):
-            raise ConfigError(f"'mirrors' are for the registry and http-proxy backends, not {kind}")
-        if not cfg.get("bucket_name"):
-            raise ConfigError(f"{kind} backend needs 'bucket_name'")
-        if kind == "oss" and not cfg.get("endpoint"):
-            raise ConfigError("oss backend needs 'endpoint'")
+    if kind in ("oss", "s3") and cfg.get("mirrors"):  # (the rest is checked by the backend)
+        raise ConfigError(f"'mirrors' are for the registry and http-proxy backends, not {kind}")
     if kind == "registry" and (not cfg.get("host") or not cfg.get("repo")):
         raise ConfigError("registry backend needs 'host' and 'repo'")
     if kind == "http-proxy":

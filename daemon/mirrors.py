@@ -156,7 +156,7 @@ def header_value_ok(v: str) -> bool:
         v.encode("latin-1")
     except UnicodeEncodeError:
         return False
-    return v[:1] not in (" ", "\t") and not any(ord(c) < 0x20 and c != "\t" or c == "\x7f"
+    return not v[:1].isspace() and not any(ord(c) < 0x20 and c != "\t" or c == "\x7f"
                                                  for c in v)
 
 

@@ -39,45 +39,66 @@ def make_object_storage(kind: str, config: dict) -> Backend:
     return S3Backend(config) if kind == "s3" else OssBackend(config)
 
 
-_HOST = re.compile(r"(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
-_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HOST = re.compile(r"([a-z0-9-]+(?:\.[a-z0-9-]+)*\.?|\[[0-9a-f:.]+\])(?::([0-9]+))?")
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # S3 (path style: a path segment)
+_OSS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]*")  # OSS's rule (a label of the host name)
 _REGION = re.compile(r"[a-z0-9-]+")
 _KEY_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no whitespace
 
 
 def _endpoint(config: dict, kind: str, scheme: str, default: str = "") -> str:
-    """host[:port] in lower case (as a client sends it in Host, which the signature covers),
-    without the scheme's default port (which a client leaves out of Host)."""
+    """host[:port] as a client sends it in Host, which S3's signature covers: in lower case,
+    the port as a plain number, the scheme's default port left out."""
     endpoint = (config.get("endpoint") or default).lower()
     if not endpoint:
         raise BackendError(f"{kind} backend needs 'endpoint'")
-    if not _HOST.fullmatch(endpoint):
+    m = _HOST.fullmatch(endpoint)
+    port = int(m.group(2)) if m and m.group(2) is not None else None
+    if not m or port is not None and not 1 <= port <= 65535:
         shown = endpoint.rpartition("@")[2][:80]
         raise BackendError(f"{kind} 'endpoint' must be host[:port] (ASCII; the scheme goes in "
                            f"'scheme'), not {shown!r}")
-    default_port = ":443" if scheme == "https" else ":80"
-    return endpoint[:-len(default_port)] if endpoint.endswith(default_port) else endpoint
+    if port is None or port == (443 if scheme == "https" else 80):
+        return m.group(1)
+    return f"{m.group(1)}:{port}"
 
 
 class _ObjectStorage(RegistryBackend):
-    """The registry client on signed object URLs: no registry credentials, no redirects."""
+    """The registry client on signed object URLs: no registry credentials, no redirects.
+    Subclasses say where an object is (`_base`) and how a request is signed (`_sign`)."""
 
     set_auth = Backend.set_auth
+    bucket_pattern = _BUCKET
+    default_endpoint = ""
 
-    def __init__(self, config: dict, base: str) -> None:
-        bucket = config.get("bucket_name") or ""
-        if not bucket:
-            raise BackendError(f"{self.kind} backend needs 'bucket_name'")
-        super().__init__(config, base=base)
+    def __init__(self, config: dict) -> None:
+        kind = self.kind
+        scheme = "http" if config.get("scheme") == "http" else "https"
+        endpoint = _endpoint(config, kind, scheme, self.default_endpoint)
+        self.bucket = config.get("bucket_name") or ""
+        if not self.bucket:
+            raise BackendError(f"{kind} backend needs 'bucket_name'")
+        if not self.bucket_pattern.fullmatch(self.bucket):
+            raise BackendError(f"{kind} 'bucket_name' {self.bucket[:80]!r} is not a bucket name")
+        prefix = config.get("object_prefix") or ""
+        if any(seg in (".", "..") for seg in prefix.split("/")):  # a client resolves them away:
+            # the object asked for would not be the one signed
+            raise BackendError(f"{kind} 'object_prefix' {prefix[:80]!r} has a '.' or '..' segment")
+        super().__init__(config, base=self._base(scheme, endpoint,
+                                                 urllib.parse.quote(prefix, safe=_KEY_SAFE)))
         self.may_downgrade = False  # nydusd downgrades registries only
         self.key_id = config.get("access_key_id") or ""
         self.secret = config.get("access_key_secret") or ""
         if bool(self.key_id) != bool(self.secret):
-            raise BackendError(f"{self.kind} backend: 'access_key_id' and 'access_key_secret' "
-                               "go together")
+            raise BackendError(f"{kind} backend: 'access_key_id' and 'access_key_secret' go "
+                               "together")
         if self.key_id and (not _KEY_ID.fullmatch(self.key_id) or ":" in self.key_id):
-            raise BackendError(f"{self.kind} 'access_key_id' must be printable ASCII without "
-                               "spaces or ':'")
+            raise BackendError(f"{kind} 'access_key_id' must be printable ASCII without spaces "
+                               "or ':'")
+
+    def _base(self, scheme: str, endpoint: str, prefix: str) -> str:
+        """The URL blob ids are appended to."""
+        raise NotImplementedError
 
     def _send(self, url: str, headers: dict, blob_id: str, or_direct: bool = True):
         hdrs = dict(headers)
@@ -89,37 +110,22 @@ class _ObjectStorage(RegistryBackend):
         raise NotImplementedError
 
 
-def _bucket_checked(config: dict, kind: str) -> str:
-    bucket = config.get("bucket_name") or ""
-    if bucket and not _BUCKET.fullmatch(bucket):
-        raise BackendError(f"{kind} 'bucket_name' {bucket[:80]!r} is not a bucket name")
-    return bucket
-
-
-def _prefix(config: dict, kind: str) -> str:
-    """object_prefix as it goes into the URL path; `.` and `..` segments are refused (a client
-    resolves them away, so the object asked for would not be the one signed)."""
-    prefix = config.get("object_prefix") or ""
-    if any(seg in (".", "..") for seg in prefix.split("/")):
-        raise BackendError(f"{kind} 'object_prefix' {prefix[:80]!r} has a '.' or '..' segment")
-    return urllib.parse.quote(prefix, safe=_KEY_SAFE)
-
-
 class S3Backend(_ObjectStorage):
     """Blobs at `<scheme>://<endpoint>/<bucket>/<object_prefix><blob_id>`, SigV4-signed."""
 
     kind = "s3"
     metrics_kind = "oss"  # what nydusd's metrics call an S3 backend
+    default_endpoint = S3_DEFAULT_ENDPOINT
 
     def __init__(self, config: dict) -> None:
-        scheme = "http" if config.get("scheme") == "http" else "https"
-        endpoint = _endpoint(config, "s3", scheme, S3_DEFAULT_ENDPOINT)
-        bucket = _bucket_checked(config, "s3")
-        super().__init__(config, f"{scheme}://{endpoint}/{bucket}/{_prefix(config, 's3')}")
+        super().__init__(config)
         self.region = config.get("region") or S3_DEFAULT_REGION
         if not _REGION.fullmatch(self.region):
             raise BackendError(f"s3 'region' must be lower-case letters, digits and '-', not "
                                f"{self.region[:40]!r}")
+
+    def _base(self, scheme: str, endpoint: str, prefix: str) -> str:
+        return f"{scheme}://{endpoint}/{self.bucket}/{prefix}"
 
     def _sign(self, url: str, headers: dict) -> None:
         parts = urllib.parse.urlsplit(url)
@@ -149,12 +155,10 @@ class OssBackend(_ObjectStorage):
     """Blobs at `<scheme>://<bucket>.<endpoint>/<object_prefix><blob_id>`, OSS-signed."""
 
     kind = "oss"
+    bucket_pattern = _OSS_BUCKET  # it becomes part of the host name, which a client lowercases
 
-    def __init__(self, config: dict) -> None:
-        scheme = "http" if config.get("scheme") == "http" else "https"
-        endpoint = _endpoint(config, "oss", scheme)
-        self.bucket = _bucket_checked(config, "oss")
-        super().__init__(config, f"{scheme}://{self.bucket}.{endpoint}/{_prefix(config, 'oss')}")
+    def _base(self, scheme: str, endpoint: str, prefix: str) -> str:
+        return f"{scheme}://{self.bucket}.{endpoint}/{prefix}"
 
     def _sign(self, url: str, headers: dict) -> None:
         date = email.utils.formatdate(usegmt=True)

@@ -73,7 +73,7 @@ class RegistryBackend(Backend):
         self.may_downgrade = not self.verify and scheme == "https"
         self.extra_headers = env_headers()
         if not self.verify and scheme == "https":
-            log.warning("skip_verify: the registry's TLS certificate is not checked")
+            log.warning("skip_verify: the %s server's TLS certificate is not checked", self.kind)
             warnings.filterwarnings("ignore", message="Unverified HTTPS request")  # said once
         self.timeout, self.retries = http_limits(config)
         proxy = config.get("proxy") or {}

@@ -180,7 +180,7 @@ class BlobStore:
         f = dict(self.fetcher.stats)
         b = self.backend.snapshot()
         p = self.prefetcher.stats() if self.prefetcher else {}
-        return {"backend_type": getattr(self.backend, "metrics_kind", self.backend.kind), **b, **{f"fetch_{k}": v for k, v in f.items()},
+        return {"backend_type": self.backend.metrics_kind, **b, **{f"fetch_{k}": v for k, v in f.items()},
                 "whole_hits": f["mem_hits"] + f["disk_hits"], "partial_hits": 0,
                 "total": f["mem_hits"] + f["disk_hits"] + f["misses"],
                 "data_all_ready": bool(self.cache and self.cache.all_ready()),

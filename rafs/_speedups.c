@@ -510,7 +510,11 @@ static int v6_record(const V6 *v, long long blob, long long c_index, long long b
     PyObject *val = NULL;
     int found = v6_lookup(v, blob, c_index, blkaddr, pos, &val);
     if (found == 1 && !record_fits(v, *pos)) {
-        raise_short_at("chunk table", val, REC_SIZE, v->len); /* steals val */
+        /* the position as converted (the value's __index__ is not run again); the value itself
+         * only when it does not fit in 64 bits, so that the message shows it whole */
+        PyObject *shown = *pos == -1 ? val : PyLong_FromLongLong(*pos);
+        if (shown != val) Py_DECREF(val);
+        raise_short_at("chunk table", shown, REC_SIZE, v->len); /* steals shown */
         return -1;
     }
     if (found == 1) Py_DECREF(val);

@@ -172,3 +172,25 @@ def api_call(sock: str | Path, method: str, path: str, body: bytes = b"") -> tup
     s.close()
     head, _, payload = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), payload
+
+
+def files_of(src: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every non-empty regular file under src."""
+    return {str(p.relative_to(src)): p.read_bytes() for p in sorted(src.rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.stat().st_size}
+
+
+def read_every_file_through_a_mount(img: Path, src: Path, cfg: Path, tmp_path: Path) -> str:
+    """Mount image `img` with `--config cfg`, check that every file of `src` reads back the same
+    through the mount and that the daemon logged no error; return its log."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(img / "bootstrap"), "--config", str(cfg),
+                str(mnt)], mnt)
+    try:
+        for rel, data in files_of(src).items():
+            assert (mnt / rel).read_bytes() == data, rel
+        d.assert_clean_log()
+        return d.output()
+    finally:
+        d.stop()

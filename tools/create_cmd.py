@@ -87,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             prefetch = [line.strip() for line in sys.stdin if line.strip()]
         bootstrap, blob_id = writer.build(tree, prefetch)
-        write_bootstrap(bootstrap, args.bootstrap)
+        try:
+            write_bootstrap(bootstrap, args.bootstrap)
+        except OSError:
+            writer.blob.abort()  # the blob this build created goes with the failure
+            raise
     except (rafs.RafsError, OSError) as e:
         print(f"pynydus-image: {e}", file=sys.stderr)
         return 1

@@ -34,7 +34,6 @@ class TarStat(NamedTuple):
     st_uid: int
     st_gid: int
     st_size: int
-    st_mtime: int
     st_mtime_ns: int
     st_rdev: int
     st_dev: int
@@ -53,7 +52,7 @@ def _split(name: str) -> list[bytes]:
 
 
 def _dir_node(name: bytes, ino: int) -> Node:
-    st = TarStat(stat.S_IFDIR | 0o755, 0, 0, 0, 0, 0, 0, 1, ino)
+    st = TarStat(stat.S_IFDIR | 0o755, 0, 0, 0, 0, 0, 1, ino)
     return Node(name, "", st)
 
 
@@ -65,13 +64,12 @@ def scan_tar(source: str, spool_dir: str, whiteout_spec: str = "oci") -> Node:
         raise RafsError(f"cannot read {source}: {e.strerror}") from None
     root = _dir_node(b"/", 0)
     index: dict[tuple[bytes, ...], Node] = {(): root}
-    links: dict[tuple[bytes, ...], int] = {}
     count = 0
     try:
         with tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 count += 1
-                _add(tar, member, count, root, index, links, spool_dir, whiteout_spec)
+                _add(tar, member, count, root, index, spool_dir, whiteout_spec)
     except (tarfile.TarError, EOFError) as e:
         if count or str(e) != "empty file":  # an empty stream is an empty layer
             raise RafsError(f"{source}: not a readable tar stream: {e}") from None
@@ -98,7 +96,7 @@ def _parent(parts: list[bytes], index: dict, count: int) -> Node:
     return node
 
 
-def _add(tar, member, count, root, index, links, spool_dir, whiteout_spec) -> None:
+def _add(tar, member, count, root, index, spool_dir, whiteout_spec) -> None:
     parts = _split(member.name)
     if not parts:  # "./": the root itself
         return
@@ -110,7 +108,7 @@ def _add(tar, member, count, root, index, links, spool_dir, whiteout_spec) -> No
             return
         parts[-1] = name = name[len(WHITEOUT):]
         mtime = _mtime(member)
-        st = TarStat(stat.S_IFCHR, 0, 0, 0, mtime, mtime * 10**9, 0, 1, count)
+        st = TarStat(stat.S_IFCHR, 0, 0, 0, mtime * 10**9, 0, 1, count)
         _place(parent, index, parts, Node(name, "", st))
         return
     if member.islnk():
@@ -128,7 +126,7 @@ def _add(tar, member, count, root, index, links, spool_dir, whiteout_spec) -> No
     rdev = os.makedev(member.devmajor, member.devminor) if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
     mtime = _mtime(member)
     st = TarStat(kind | (member.mode & 0o7777), member.uid, member.gid,
-                 member.size if kind == stat.S_IFREG else 0, mtime, mtime * 10**9, rdev, 1, count)
+                 member.size if kind == stat.S_IFREG else 0, mtime * 10**9, rdev, 1, count)
     xattrs = {k[len("SCHILY.xattr."):].encode("utf-8", "surrogateescape"): v.encode(
         "utf-8", "surrogateescape") for k, v in member.pax_headers.items()
         if k.startswith("SCHILY.xattr.")}

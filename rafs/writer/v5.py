@@ -19,14 +19,13 @@ from ..model import (
     SB_HASH_SHA256,
     ChunkInfo,
 )
+from ..v5 import _INODE, I_HARDLINK, I_SYMLINK, I_XATTR  # the reader's layout and flags
 from .blob import BlobWriter
 from .tree import Node, bfs, find
 
 SB_SIZE = 8192
 _SUPER = struct.Struct("<IIIIQQQQQIIIIQ")
-_INODE = struct.Struct("<32sQQIIIIQQQIIIHHIIq8x")  # i_mtime: before 1970 negative
 _CHUNK = struct.Struct("<32sIIIIQQQII")
-I_SYMLINK, I_HARDLINK, I_XATTR = 0x1, 0x2, 0x4
 COMPRESSOR_FLAGS = {"none": SB_COMPRESSION_NONE, "lz4_block": SB_COMPRESSION_LZ4,
                     "zstd": SB_COMPRESSION_ZSTD}
 DIGESTER_FLAGS = {"blake3": SB_HASH_BLAKE3, "sha256": SB_HASH_SHA256}

@@ -23,6 +23,7 @@ from ..model import (
     SB_INLINED_CHUNK_DIGEST,
     ChunkInfo,
 )
+from ..v6 import _EXTENDED  # the reader's extended inode (signed i_mtime)
 from .blob import BlobWriter
 from .tree import Node, bfs, find
 from .v5 import COMPRESSOR_FLAGS, DIGESTER_FLAGS
@@ -32,7 +33,6 @@ _SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHH38x")
 _EXT = struct.Struct("<QQIIQQQI4x200x")
 _SLOT = struct.Struct("<64sII56x")
 _BLOB = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36x")
-_INODE = struct.Struct("<HHHHQIIIIqII16x")  # i_mtime: before 1970 negative
 _DIRENT = struct.Struct("<QHBx")
 _CHUNK = struct.Struct("<32sIIIIQQQII")
 _META = struct.Struct("<IIIIQQQQQI")
@@ -263,8 +263,8 @@ class V6Writer:
         uid, gid = (0, 0) if self.repeatable else (st.st_uid, st.st_gid)
         mtime, nsec = (0, 0) if root else divmod(st.st_mtime_ns, 10**9)
         icount = (len(ino.xattr) - 12) // 4 + 1 if ino.xattr else 0
-        return _INODE.pack(1 | ino.layout << 1, icount, mode, 0, ino.size, i_u, seq, uid, gid,
-                           mtime, nsec, nlink) + ino.xattr
+        return _EXTENDED.pack(1 | ino.layout << 1, icount, mode, ino.size, i_u, seq, uid, gid,
+                              mtime, nsec, nlink) + ino.xattr
 
     def _assemble(self, inodes: list[_Ino], paths, blob) -> bytes:
         parents = {id(n): self.of[id(p if p is not None else n)].nid for n, p in paths}

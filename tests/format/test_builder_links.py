@@ -5,6 +5,8 @@ leaves in --blob-dir."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,15 @@ def test_a_build_failing_after_its_blob_removes_that_blob_only(tmp_path, monkeyp
     with pytest.raises(RafsError):
         writer(str(blobs), "lz4_block", "blake3").build(scan(str(src)))
     assert os.listdir(blobs) == [blob_id]  # the earlier build's blob stays
+
+
+def test_a_bootstrap_that_cannot_be_written_takes_the_new_blob_with_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data" * 1000)
+    (tmp_path / "notadir").write_bytes(b"")
+    r = subprocess.run([str(Path(sys.executable).parent / "pynydus-image"), "create",
+                        "--blob-dir", str(tmp_path / "blobs"), "--bootstrap",
+                        str(tmp_path / "notadir/bootstrap"), str(src)], capture_output=True)
+    assert r.returncode == 1 and b"pynydus-image:" in r.stderr and b"Traceback" not in r.stderr
+    assert os.listdir(tmp_path / "blobs") == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mountutil import PYNYDUSD, Daemon, require_fuse
+from tests.mountutil import read_every_file_through_a_mount, require_fuse
 from tests.servers import ScriptedServer
 from tests.storage.test_http_proxy import UnixBlobServer
 
@@ -24,27 +24,6 @@ type = "blobcache"
 [cache.filecache]
 work_dir = "{cache}"
 """
-
-
-def files_of(src: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(src)): p.read_bytes() for p in sorted(src.rglob("*"))
-            if p.is_file() and not p.is_symlink() and p.stat().st_size}
-
-
-def read_every_file_through_a_mount(img: Path, src: Path, cfg: Path, tmp_path: Path) -> str:
-    """Mount image `img` with `--config cfg`, check that every file of `src` reads back the same
-    through the mount and that the daemon logged no error; return its log."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    d = Daemon([str(PYNYDUSD), "--bootstrap", str(img / "bootstrap"), "--config", str(cfg),
-                str(mnt)], mnt)
-    try:
-        for rel, data in files_of(src).items():
-            assert (mnt / rel).read_bytes() == data, rel
-        d.assert_clean_log()
-        return d.output()
-    finally:
-        d.stop()
 
 
 def blob_dir_server(blob_dir: Path) -> ScriptedServer:

@@ -7,16 +7,15 @@ import json
 
 import pytest
 
-from tests.mounted.test_http_proxy_mount import read_every_file_through_a_mount
-from tests.mountutil import require_fuse
-from tests.storage.test_object_storage import KEY_ID, SECRET, ObjectStore, _objects, s3_signature_ok
+from tests.mountutil import read_every_file_through_a_mount, require_fuse
+from tests.objectstore import KEY_ID, SECRET, ObjectStore, objects_of, s3_signature_ok
 
 
 @pytest.mark.timeout(120)
 def test_a_mount_reads_every_file_from_an_s3_bucket(sample_v6, tmp_path):
     require_fuse()
     img, src = sample_v6
-    store = ObjectStore(_objects(img, "/layers/nydus/"), lambda h: s3_signature_ok(h, "us-west-2"))
+    store = ObjectStore(objects_of(img, "/layers/nydus/"), lambda h: s3_signature_ok(h, "us-west-2"))
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"device": {"backend": {"type": "s3", "config": {
         "scheme": "http", "endpoint": f"127.0.0.1:{store.port}", "region": "us-west-2",

@@ -1,19 +1,9 @@
 """nydusd's `oss` and `s3` backends against object stores on 127.0.0.1 that check every request's
-signature: S3 Signature Version 4 checked with botocore (AWS's own Python signer, an independent
-implementation), OSS's HMAC-SHA1 scheme checked as Alibaba documents it. A request whose
-signature does not check out is refused with 403, as the real services do."""
+signature (tests/objectstore.py: S3's with botocore's signer), and their config checks."""
 
 from __future__ import annotations
 
-import base64
-import email.utils
-import hashlib
-import hmac
 import json
-import re
-import time
-import urllib.parse
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -24,80 +14,14 @@ from daemon.config import ConfigError, parse_config_text
 from daemon.storage import BlobStore, StorageOptions
 from daemon.storage_errors import BackendError
 from rafs.localblob import walk
-from tests.servers import ScriptedServer
-
-KEY_ID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
-_S3_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/s3/aws4_request, "
-                      r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})")
-
-
-def s3_signature_ok(h: BaseHTTPRequestHandler, region: str) -> bool:
-    """Whether the request's SigV4 Authorization is right for KEY_ID/SECRET, by botocore."""
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    m = _S3_AUTH.fullmatch(h.headers.get("Authorization", ""))
-    if not m or m.group(1) != KEY_ID or m.group(3) != region:
-        return False
-    signed = m.group(4).split(";")
-    if not {"host", "range", "x-amz-date", "x-amz-content-sha256"} <= set(signed):
-        return False
-    req = AWSRequest(method=h.command, url=f"http://{h.headers['Host']}{h.path}",
-                     headers={k: h.headers[k] for k in signed if k != "host"})
-    req.context["timestamp"] = h.headers["x-amz-date"]
-    signer = S3SigV4Auth(Credentials(KEY_ID, SECRET), "s3", region)
-    want = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
-    return hmac.compare_digest(want, m.group(5)) and h.headers["x-amz-date"][:8] == m.group(2)
-
-
-def oss_signature_ok(h: BaseHTTPRequestHandler, bucket: str) -> bool:
-    """Whether the request's `OSS id:signature` is right, per Alibaba's OSS documentation: an
-    HMAC-SHA1 over VERB, Content-MD5, Content-Type, Date, the x-oss- headers and
-    /bucket/object; the Date within 15 minutes of now."""
-    m = re.fullmatch(r"OSS ([^:]+):(\S+)", h.headers.get("Authorization", ""))
-    date = h.headers.get("Date", "")
-    if not m or m.group(1) != KEY_ID or not date:
-        return False
-    if abs(email.utils.parsedate_to_datetime(date).timestamp() - time.time()) > 900:
-        return False
-    obj = urllib.parse.unquote(urllib.parse.urlsplit(h.path).path)
-    text = (f"{h.command}\n{h.headers.get('Content-MD5', '')}\n{h.headers.get('Content-Type', '')}"
-            f"\n{date}\n/{bucket}{obj}")
-    mac = hmac.new(SECRET.encode(), text.encode(), hashlib.sha1).digest()
-    return hmac.compare_digest(base64.b64encode(mac).decode(), m.group(2))
-
-
-def ObjectStore(objects: dict[str, bytes], check) -> ScriptedServer:  # noqa: N802 - a server
-    """A threaded object store on 127.0.0.1: `objects` maps a URL path to bytes, served with
-    Range; `check(handler)` says whether a request's signature is good (else 403). It also takes
-    absolute-form requests, as a forward proxy in front of the store (OSS names the bucket in
-    the host, which has no DNS here). `.paths()` lists the object paths asked for."""
-
-    def respond(h: BaseHTTPRequestHandler):
-        parts = urllib.parse.urlsplit(h.path)
-        if parts.netloc:  # absolute form: we are the proxy; Host must agree
-            if h.headers["Host"] != parts.netloc:
-                return 400, {}, b"Host disagrees with the request target"
-            h.path = parts.path
-        if not check(h):
-            return 403, {}, b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
-        data = objects.get(urllib.parse.unquote(h.path))
-        if data is None:
-            return 404, {}, b"<Error><Code>NoSuchKey</Code></Error>"
-        m = re.fullmatch(r"bytes=(\d+)-(\d+)", h.headers.get("Range", ""))
-        if not m:
-            return 200, {}, data
-        a, b = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
-        return 206, {"Content-Range": f"bytes {a}-{b}/{len(data)}"}, data[a:b + 1]
-
-    server = ScriptedServer(respond)
-    server.paths = lambda: [urllib.parse.urlsplit(p).path for _m, p, _h in server.seen]
-    return server
-
-
-def _objects(image_dir: Path, prefix: str) -> dict[str, bytes]:
-    return {prefix + p.name: p.read_bytes() for p in (image_dir / "blobs").iterdir()}
+from tests.objectstore import (
+    KEY_ID,
+    SECRET,
+    ObjectStore,
+    objects_of,
+    oss_signature_ok,
+    s3_signature_ok,
+)
 
 
 def _read_all(image: rafs.Image, store: BlobStore) -> dict[bytes, bytes]:
@@ -111,7 +35,7 @@ def _source_files(src: Path) -> dict[bytes, bytes]:
 
 def test_s3_reads_every_file_with_requests_botocore_accepts(sample_v6):
     image_dir, src = sample_v6
-    store_srv = ObjectStore(_objects(image_dir, "/images/nydus v2/"),
+    store_srv = ObjectStore(objects_of(image_dir, "/images/nydus v2/"),
                             lambda h: s3_signature_ok(h, "eu-central-1"))
     try:
         image = rafs.open_image(image_dir / "bootstrap")
@@ -129,7 +53,7 @@ def test_s3_reads_every_file_with_requests_botocore_accepts(sample_v6):
 
 def test_s3_with_a_wrong_secret_fails_with_the_403_not_wrong_data(sample_v6):
     image_dir, _src = sample_v6
-    store_srv = ObjectStore(_objects(image_dir, "/images/"), lambda h: s3_signature_ok(h, "us-east-1"))
+    store_srv = ObjectStore(objects_of(image_dir, "/images/"), lambda h: s3_signature_ok(h, "us-east-1"))
     try:
         backend = make_backend("s3", {"scheme": "http", "endpoint": f"127.0.0.1:{store_srv.port}",
                                       "bucket_name": "images", "access_key_id": KEY_ID,
@@ -151,7 +75,7 @@ def test_s3_with_a_wrong_secret_fails_with_the_403_not_wrong_data(sample_v6):
 def test_a_public_bucket_is_read_without_signing(sample_v6):
     image_dir, _src = sample_v6
     # S3 names the bucket in the path, OSS in the host
-    store_srv = ObjectStore(_objects(image_dir, "/pub/") | _objects(image_dir, "/"),
+    store_srv = ObjectStore(objects_of(image_dir, "/pub/") | objects_of(image_dir, "/"),
                             lambda h: "Authorization" not in h.headers)
     try:
         blob = next((image_dir / "blobs").iterdir())
@@ -173,7 +97,7 @@ def test_oss_through_a_proxy_reads_every_file_signed(sample_v6):
     def check(h) -> bool:
         return h.headers["Host"] == "images.oss-test.example:8080" and oss_signature_ok(h, "images")
 
-    store_srv = ObjectStore(_objects(image_dir, "/nydus/"), check)
+    store_srv = ObjectStore(objects_of(image_dir, "/nydus/"), check)
     try:
         cfg = parse_config_text(
             'version = 2\n[backend]\ntype = "oss"\n[backend.oss]\nscheme = "http"\n'
@@ -196,7 +120,7 @@ def test_oss_through_a_proxy_reads_every_file_signed(sample_v6):
     ({"bucket_name": "b", "access_key_id": "id"}, "go together"),
     ({"bucket_name": "b", "mirrors": [{"host": "http://m"}]}, "'mirrors' are for"),
     ({"bucket_name": "b", "access_key_secret": 7}, "'access_key_secret' must be a string, not "
-                                                    "a int"),  # (the value not shown)
+                                                    "a value of type int"),  # (not the value)
     ({"bucket_name": "..", "endpoint": "s3.example"}, "not a bucket name"),
     ({"bucket_name": "bücket", "endpoint": "s3.example"}, "not a bucket name"),
     ({"bucket_name": "b", "object_prefix": "a/../b/"}, "'.' or '..' segment"),
@@ -216,6 +140,32 @@ def test_bad_object_storage_configs_are_refused_naming_the_field(fields, error):
         cfg = parse_config_text(text)
         make_backend("s3", cfg.storage.backend_config)
     assert "secret" not in str(e.value).replace("access_key_secret", "")
-    with pytest.raises(ConfigError, match="oss backend needs 'endpoint'"):
-        parse_config_text('{"device": {"backend": {"type": "oss", "config": {"bucket_name": "b"}}},'
+
+
+def test_oss_needs_an_endpoint_and_a_bucket_fit_for_a_host_name():
+    with pytest.raises(BackendError, match="oss backend needs 'endpoint'"):
+        make_backend("oss", {"bucket_name": "b"})
+    for bucket in ("MyBucket", "my_bucket"):  # the bucket is a label of the host name
+        with pytest.raises(BackendError, match="is not a bucket name"):
+            make_backend("oss", {"bucket_name": bucket, "endpoint": "oss.example"})
+    with pytest.raises(ConfigError, match="'localdisk' is not supported"):
+        parse_config_text('{"device": {"backend": {"type": "localdisk", "config": {}}},'
                           ' "mode": "direct"}')
+
+
+@pytest.mark.parametrize("endpoint, scheme, base", [
+    ("S3.Example:09000", "http", "http://s3.example:9000/b/"),  # as a client sends Host
+    ("s3.example:443", "https", "https://s3.example/b/"),
+    ("s3.example:0443", "https", "https://s3.example/b/"),
+    ("s3.example:80", "https", "https://s3.example:80/b/"),
+    ("[::1]:9000", "http", "http://[::1]:9000/b/"),
+])
+def test_the_endpoint_is_written_as_the_host_header_will_be(endpoint, scheme, base):
+    backend = make_backend("s3", {"endpoint": endpoint, "scheme": scheme, "bucket_name": "b"})
+    assert backend.base == base
+
+
+@pytest.mark.parametrize("endpoint", ["s3.example:0", "s3.example:99999", "s3.example:"])
+def test_an_endpoint_port_out_of_range_is_refused_at_start(endpoint):
+    with pytest.raises(BackendError, match="must be host\\[:port\\]"):
+        make_backend("s3", {"endpoint": endpoint, "bucket_name": "b"})

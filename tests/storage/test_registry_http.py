@@ -220,12 +220,13 @@ def test_nydus_header_variables_go_on_every_request(monkeypatch):
     monkeypatch.setenv("NYDUS_HEADER_X-Gateway-Key", "k1")
     monkeypatch.setenv("NYDUS_HEADER_Range", "bytes=0-0")  # set by the client: ignored
     monkeypatch.setenv("NYDUS_HEADER_X(1)", "x")  # not a header name: ignored
+    monkeypatch.setenv("NYDUS_HEADER_X-Nbsp", "\xa0k")  # requests refuses to send it: ignored
     s = ScriptedServer(ranged)
     try:
         assert registry_for(s).read(BLOB_ID, 5, 10) == BLOB[5:15]
         headers = s.seen[0][2]
         assert headers["X-Gateway-Key"] == "k1" and headers["Range"] == "bytes=5-14"
-        assert "X(1)" not in headers
+        assert "X(1)" not in headers and "X-Nbsp" not in headers
     finally:
         s.stop()
 

@@ -127,9 +127,11 @@ def per_call() -> dict[str, dict[str, float]]:
     from rafs.localblob import LocalBlobs
 
     try:
-        from rafs import _speedups  # noqa: F401 - only to say it is missing
+        from rafs import _speedups
     except ImportError:
         sys.exit("rafs._speedups is not built: run `make setup` (a C compiler is needed)")
+    if getattr(_speedups, "API", None) != chunkmap.C_API:
+        sys.exit("rafs._speedups is a stale build (another API): run `make setup`")
     rnd = random.Random(7)
     offsets = [rnd.randrange(0, FILE_SIZE - READ) for _ in range(CALLS)]
     aligned = [off // CHUNK * CHUNK for off in offsets]
