@@ -148,7 +148,7 @@ def v6_pieces(buf, index_off: int, chunk_size: int, file_size: int, offset: int,
               types: tuple[type[ChunkInfo], type[ChunkPiece]]) -> list[ChunkPiece]:
     """Chunk pieces of [offset, offset+size) of a v6 file whose chunk indexes start at index_off;
     a null block address or a zero device id is a hole. Chunks resolve as in `v6_chunk`."""
-    piece_t = result_types(types)[1]
+    info_t, piece_t = result_types(types)
     end = min(offset + size, file_size)
     if offset < 0 or offset >= end or chunk_size <= 0:
         return []
@@ -165,9 +165,9 @@ def v6_pieces(buf, index_off: int, chunk_size: int, file_size: int, offset: int,
         if blkaddr == NULL_ADDR or blob < 0:
             out.append(_new(piece_t, (None, 0, hi - lo)))
             continue
-        chunk = v6_chunk(buf, blob, (hi16 >> 8) << 16 | lo16, blkaddr,
-                         min(chunk_size, file_size - base), off, block_size, blob_count, chunk_map,
-                         ci_tables, types)
+        chunk = _v6_chunk(buf, blob, (hi16 >> 8) << 16 | lo16, blkaddr,
+                          min(chunk_size, file_size - base), off, block_size, blob_count,
+                          chunk_map, ci_tables, info_t)
         out.append(_new(piece_t, (chunk, lo - base, hi - lo)))
     return out
 
@@ -181,7 +181,14 @@ def v6_chunk(buf, blob: int, chunk_index: int, blkaddr: int, want: int, where: i
     to the position of a chunk table record in buf; ci_tables[blob] is None or (data, version,
     count) of the blob's ci table, which then gives the offsets, sizes and flags. The result is
     of types[0] (model.PIECE_TYPES)."""
-    info_t = result_types(types)[0]
+    return _v6_chunk(buf, blob, chunk_index, blkaddr, want, where, block_size, blob_count,
+                     chunk_map, ci_tables, result_types(types)[0])
+
+
+def _v6_chunk(buf, blob: int, chunk_index: int, blkaddr: int, want: int, where: int,
+              block_size: int, blob_count: int, chunk_map: dict[int, int],
+              ci_tables: Sequence[CiTableData | None], info_t: type[ChunkInfo]) -> ChunkInfo:
+    """v6_chunk with its result type checked already (v6_pieces checks it once per call)."""
     if not 0 <= blob < blob_count:
         raise RafsError("chunk index names a blob not in the blob table", structure="chunk index",
                         field="device_id", value=blob + 1, offset=where)

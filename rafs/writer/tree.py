@@ -26,6 +26,12 @@ class Node:
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.st.st_mode)
 
+    @property
+    def link_key(self) -> tuple[int, int] | None:
+        """What the names of one inode share, (st_dev, st_ino); None for a directory: hard links
+        of any other kind share one inode, as upstream's builder groups them."""
+        return None if self.is_dir else (self.st.st_dev, self.st.st_ino)
+
 
 def _xattrs(path: str) -> dict[bytes, bytes]:
     try:

@@ -74,14 +74,14 @@ class V5Writer:
         count: dict[tuple[int, int], int] = {}
         inos = {}
         for n, _p in order:
-            key = (n.st.st_dev, n.st.st_ino)
-            if not n.is_dir:  # hard links of any non-directory, as upstream's builder
+            key = n.link_key
+            if key is not None:
                 first.setdefault(key, index[id(n)])
                 count[key] = count.get(key, 0) + 1
                 inos[id(n)] = first[key]
             else:
                 inos[id(n)] = index[id(n)]
-        nlinks = {id(n): count[(n.st.st_dev, n.st.st_ino)] for n, _p in order if not n.is_dir}
+        nlinks = {id(n): count[n.link_key] for n, _p in order if n.link_key is not None}
         return inos, nlinks
 
     def _chunks(self, n: Node) -> list[ChunkInfo]:

@@ -130,19 +130,19 @@ class V6Writer:
             raise
 
     def _collect(self, root: Node) -> tuple[list[_Ino], list[tuple[Node, Node | None]]]:
-        """One _Ino per unique inode (hard links of any non-directory share one, as upstream's
-        builder groups them), with file data chunked into the blob."""
+        """One _Ino per unique inode (hard links share one: Node.link_key), with file data
+        chunked into the blob."""
         by_key: dict[tuple[int, int], _Ino] = {}
         self.of: dict[int, _Ino] = {}
         inodes, paths = [], list(bfs(root))
         for n, _p in paths:
-            key = (n.st.st_dev, n.st.st_ino)
-            ino = by_key.get(key) if not n.is_dir else None
+            key = n.link_key
+            ino = by_key.get(key) if key is not None else None
             if ino is None:
                 ino = _Ino(n)
                 ino.nlink = 0
                 inodes.append(ino)
-                if not n.is_dir:
+                if key is not None:
                     by_key[key] = ino
                 if stat.S_ISREG(n.st.st_mode):
                     ino.chunks = self.blob.add_file(n.path, n.st.st_size) if n.st.st_size else []
