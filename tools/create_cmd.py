@@ -88,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
             prefetch = [line.strip() for line in sys.stdin if line.strip()]
         bootstrap, blob_id = writer.build(tree, prefetch)
         try:
-            write_bootstrap(bootstrap, args.bootstrap)
-        except OSError:
-            writer.blob.abort()  # the blob this build created goes with the failure
-            raise
+            with writer.blob.published():  # the blob this build created goes with a failure
+                write_bootstrap(bootstrap, args.bootstrap)
+        finally:
+            writer.blob.abort()  # (the sealed blob's temporary file, if it was not published)
     except (rafs.RafsError, OSError) as e:
         print(f"pynydus-image: {e}", file=sys.stderr)
         return 1

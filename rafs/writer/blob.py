@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 
 from .. import codecs
 from ..errors import RafsError
@@ -12,7 +15,8 @@ from ..model import CHUNK_COMPRESSED, ChunkInfo
 
 
 class BlobWriter:
-    """Appends chunks to a temporary blob file; `finish` renames it to its sha256 id."""
+    """Appends chunks to a temporary blob file; `finish` seals it and names it by its sha256,
+    `published` puts it in place under that name while the bootstrap naming it is written."""
 
     def __init__(self, blob_dir: str, compressor: str, digester: str, chunk_size: int,
                  align: int = 1) -> None:
@@ -27,7 +31,7 @@ class BlobWriter:
         self.chunks: dict[bytes, ChunkInfo] = {}
         self.count = 0
         self.progress = None  # optional callable(bytes of one file), e.g. a progress bar
-        self.created: str | None = None  # the blob file finish() made (none was there before)
+        self.final: str | None = None  # where the sealed blob goes (finish)
 
     def add(self, data: bytes) -> ChunkInfo:
         """Store one chunk (or reuse an identical one); return its record."""
@@ -82,24 +86,43 @@ class BlobWriter:
         return off
 
     def finish(self) -> tuple[str, int] | None:
-        """Close and rename the blob to its id; None (and no file) if it holds no chunk."""
+        """Seal the blob: its id and size; None (and no file) if it holds no chunk. The file
+        stays temporary until `published`."""
         self.f.close()
         if self.count == 0:
             os.unlink(self.tmp)
             return None
         blob_id = self.sha.hexdigest()
-        final = os.path.join(self.blob_dir, blob_id)
-        existed = os.path.exists(final)  # (the same bytes, from an earlier build: shared)
-        os.replace(self.tmp, final)
-        self.created = None if existed else final
+        self.final = os.path.join(self.blob_dir, blob_id)
         return blob_id, self.c_off
 
+    @contextlib.contextmanager
+    def published(self) -> Iterator[None]:
+        """Put the sealed blob in place under its id for the `with` body, which writes the
+        bootstrap that names it. If the body fails, a blob this build put there goes again; one
+        of the same id that was there before (the same bytes, from an earlier build) stays, as
+        it may serve other images. Builds into one blob directory run this one at a time (a lock
+        on the directory), so a failing build never takes away a blob another build has just
+        found in place and named in its bootstrap."""
+        if self.final is None:  # no chunk, no blob
+            yield
+            return
+        fd = os.open(self.blob_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            existed = os.path.lexists(self.final)
+            os.replace(self.tmp, self.final)  # a blob there has the same bytes (or is damaged)
+            try:
+                yield
+            except BaseException:
+                if not existed:
+                    os.unlink(self.final)
+                raise
+        finally:
+            os.close(fd)  # (releases the lock)
+
     def abort(self) -> None:
-        """Remove what this build wrote: the temporary file, or the blob finish() created (a
-        blob of the same id that was there before may serve other images, and stays)."""
+        """Remove the temporary file of a build that failed before `published`."""
         self.f.close()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
-        if self.created is not None:
-            os.unlink(self.created)
-            self.created = None

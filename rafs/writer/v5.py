@@ -52,7 +52,8 @@ class V5Writer:
         self.repeatable = repeatable
 
     def build(self, root: Node, prefetch: list[str] | None = None) -> tuple[bytes, str | None]:
-        """Write the blob; return (bootstrap bytes, blob id or None). `prefetch`: paths."""
+        """Write and seal the blob (`self.blob.published()` puts it in place while the bootstrap is
+        written); return (bootstrap bytes, blob id or None). `prefetch`: paths."""
         try:
             order = list(bfs(root))
             index = {id(n): i + 1 for i, (n, _p) in enumerate(order)}

@@ -118,7 +118,8 @@ class V6Writer:
         self.chunk_size, self.repeatable = chunk_size, repeatable
 
     def build(self, root: Node, prefetch: list[str] | None = None) -> tuple[bytes, str | None]:
-        """Write the blob; return (bootstrap bytes, blob id or None). `prefetch`: paths."""
+        """Write and seal the blob (`self.blob.published()` puts it in place while the bootstrap is
+        written); return (bootstrap bytes, blob id or None). `prefetch`: paths."""
         self.prefetch_nodes = [find(root, p) for p in prefetch or []]
         try:
             inodes, paths = self._collect(root)

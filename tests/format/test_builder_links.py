@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,23 @@ def test_v5_marks_hard_links_of_any_kind(tmp_path: Path):
     assert image.lookup(image.root_ino, b"s").ino == image.lookup(image.root_ino, b"s2").ino
 
 
+def _build(writer, src: Path, blobs: Path, body=None) -> str:
+    """Build src as create does: the blob goes in place while `body` (the bootstrap write) runs."""
+    w = writer(str(blobs), "lz4_block", "blake3")
+    try:
+        _bootstrap, blob_id = w.build(scan(str(src)))
+        with w.blob.published():
+            if body is not None:
+                body()
+    finally:
+        w.blob.abort()
+    return blob_id
+
+
+def _boom():
+    raise RafsError("the bootstrap step failed")
+
+
 @pytest.mark.parametrize("writer", [V5Writer, V6Writer])
 def test_a_build_failing_after_its_blob_removes_that_blob_only(tmp_path, monkeypatch, writer):
     """A blob is named by its content: one already in --blob-dir (an earlier build of the same
@@ -63,20 +81,56 @@ def test_a_build_failing_after_its_blob_removes_that_blob_only(tmp_path, monkeyp
     src.mkdir()
     (src / "f").write_bytes(b"some data" * 1000)
     blobs = tmp_path / "blobs"
-
-    def boom(*args, **kwargs):
-        raise RafsError("the bootstrap step failed")
-
-    monkeypatch.setattr(writer, "_assemble", boom)
+    monkeypatch.setattr(writer, "_assemble", lambda *a, **k: _boom())
     with pytest.raises(RafsError, match="bootstrap step failed"):
-        writer(str(blobs), "lz4_block", "blake3").build(scan(str(src)))
+        _build(writer, src, blobs)
     assert os.listdir(blobs) == []  # nothing left behind, not even the temporary file
     monkeypatch.undo()
-    _bootstrap, blob_id = writer(str(blobs), "lz4_block", "blake3").build(scan(str(src)))
-    monkeypatch.setattr(writer, "_assemble", boom)
-    with pytest.raises(RafsError):
-        writer(str(blobs), "lz4_block", "blake3").build(scan(str(src)))
-    assert os.listdir(blobs) == [blob_id]  # the earlier build's blob stays
+    with pytest.raises(RafsError, match="bootstrap step failed"):
+        _build(writer, src, blobs, _boom)  # sealed and put in place, then the bootstrap fails
+    assert os.listdir(blobs) == []
+    blob_id = _build(writer, src, blobs)
+    assert os.listdir(blobs) == [blob_id]
+    with pytest.raises(RafsError):  # the earlier build's blob stays when the bootstrap fails
+        _build(writer, src, blobs, _boom)
+    assert os.listdir(blobs) == [blob_id]
+    monkeypatch.setattr(writer, "_assemble", lambda *a, **k: _boom())
+    with pytest.raises(RafsError):  # and when the build fails before its blob is put in place
+        _build(writer, src, blobs)
+    assert os.listdir(blobs) == [blob_id]
+
+
+def test_a_failing_build_never_takes_a_blob_from_a_build_of_the_same_data(tmp_path):
+    """Two builds of the same data into one --blob-dir: the first puts the blob in place, then
+    fails writing its bootstrap; the second, finishing meanwhile, must still find its blob (it
+    waits for the first to decide, then puts the blob in place itself)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"shared data" * 5000)
+    blobs = tmp_path / "blobs"
+    in_body, second_done = threading.Event(), threading.Event()
+    result: dict[str, object] = {}
+
+    def second():
+        try:
+            result["id"] = _build(V6Writer, src, blobs)
+            result["there"] = os.listdir(blobs)  # right after its bootstrap was written
+        except BaseException as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+        second_done.set()
+
+    def first_body():
+        in_body.set()
+        threading.Thread(target=second).start()
+        # the second build must not get past putting its blob in place while this one may fail
+        assert not second_done.wait(0.5)
+        _boom()
+
+    with pytest.raises(RafsError, match="bootstrap step failed"):
+        _build(V6Writer, src, blobs, first_body)
+    assert in_body.is_set() and second_done.wait(30)
+    assert "error" not in result
+    assert result["there"] == [result["id"]] and os.listdir(blobs) == [result["id"]]
 
 
 def test_a_bootstrap_that_cannot_be_written_takes_the_new_blob_with_it(tmp_path):
