@@ -15,11 +15,10 @@ import struct
 from collections.abc import Sequence
 
 from .errors import RafsError, UnsupportedImageError
+from .layouts import CHUNK_RECORD, V6_CHUNK_INDEX
 from .model import CHUNK_COMPRESSED, CHUNK_HAS_CRC32, PIECE_TYPES, ChunkInfo, ChunkPiece
 
-_REC = struct.Struct("<32sIIIIQQQII")
 _KEY_FIELDS = struct.Struct("<32xI20xQ8xI4x")  # blob_index, uncompressed_offset, index of a record
-_IDX = struct.Struct("<HHI")
 _V1 = struct.Struct("<QQ")
 _V2 = struct.Struct("<QQQ")
 NULL_ADDR = 0xFFFFFFFF
@@ -125,7 +124,7 @@ def v5_pieces(buf, records_off: int, count: int, chunk_size: int, file_size: int
         if off < 0 or off + 80 > have:
             raise _short("chunk record", off, 80, have)
         (digest, blob, flags, c_size, d_size, c_off, d_off, file_off, index,
-         crc) = _REC.unpack_from(buf, off)
+         crc) = CHUNK_RECORD.unpack_from(buf, off)
         if blob >= blob_count:
             raise RafsError("chunk refers to a blob not in the blob table",
                             structure="chunk record", field="blob_index", value=blob, offset=off + 32)
@@ -160,7 +159,7 @@ def v6_pieces(buf, index_off: int, chunk_size: int, file_size: int, offset: int,
         off = index_off + 8 * i
         if off < 0 or off + 8 > have:
             raise _short("chunk index", off, 8, have)
-        lo16, hi16, blkaddr = _IDX.unpack_from(buf, off)
+        lo16, hi16, blkaddr = V6_CHUNK_INDEX.unpack_from(buf, off)
         blob = (hi16 & 0xFF) - 1
         if blkaddr == NULL_ADDR or blob < 0:
             out.append(_new(piece_t, (None, 0, hi - lo)))
@@ -200,7 +199,7 @@ def _v6_chunk(buf, blob: int, chunk_index: int, blkaddr: int, want: int, where: 
         have = len(buf)
         if not 0 <= pos <= have - 80:
             raise _short("chunk table", pos, 80, have)
-        rec = _REC.unpack_from(buf, pos)
+        rec = CHUNK_RECORD.unpack_from(buf, pos)
         rflags = rec[2]
     table = ci_tables[blob] if blob < len(ci_tables) else None
     if table is not None:

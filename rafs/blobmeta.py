@@ -8,11 +8,11 @@ from collections.abc import Callable
 from . import chunkmap, codecs
 from ._chunkmap import ci_flags
 from .errors import RafsError
+from .layouts import BLOB_META_HEADER
 from .model import BLOB_CHUNK_INFO_V2, COMPRESSORS, BlobInfo
 
 META_MAGIC = 0xB10BB10B
 META_HEADER_SIZE = 4096
-_HEADER = struct.Struct("<IIIIQQQQQI")
 V2_COMPRESSED, V2_ZRAN, V2_BATCH, V2_ENCRYPTED, V2_HAS_CRC32 = 0x1, 0x2, 0x4, 0x8, 0x10
 
 
@@ -48,7 +48,7 @@ def parse_header(raw: bytes, blob: BlobInfo) -> None:
         raise RafsError("blob meta header truncated", structure="blob meta header",
                         value=len(raw))
     (magic, _features, compressor, entries, ci_off, c_size, d_size, _zoff, _zsize,
-     _zcount) = _HEADER.unpack_from(raw, 0)
+     _zcount) = BLOB_META_HEADER.unpack_from(raw, 0)
     (magic2,) = struct.unpack_from("<I", raw, 4092)
     if magic != META_MAGIC or magic2 != META_MAGIC:
         raise RafsError("bad blob meta magic", structure="blob meta header", field="magic",

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
 from . import codecs
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
+from .layouts import TOC_ENTRY
 from .model import Image
 
 TAR_BLOCK = 512
 TOC_NAME = b"rafs.blob.toc"
 BOOT_NAME = b"image.boot"
-_ENTRY = struct.Struct("<I4x16s32sQQQ48x")
 TOC_NONE, TOC_ZSTD, TOC_LZ4 = 0x1, 0x2, 0x4
 MAX_TOC = 1 << 20
 MAX_BOOTSTRAP = 1 << 31
@@ -52,13 +51,13 @@ def read_toc(read: Callable[[int, int], bytes], blob_size: int) -> list[TocEntry
     if hdr is None or hdr[0] != TOC_NAME:
         return None
     size = hdr[1]
-    if size % _ENTRY.size or size > MAX_TOC or size > blob_size - TAR_BLOCK:
+    if size % TOC_ENTRY.size or size > MAX_TOC or size > blob_size - TAR_BLOCK:
         raise RafsError("bad blob ToC size", structure="blob ToC", field="size", value=size,
                         offset=blob_size - TAR_BLOCK)
     raw = bytes(read(blob_size - TAR_BLOCK - size, size))
     out = []
-    for pos in range(0, size, _ENTRY.size):
-        flags, name, digest, c_off, c_size, d_size = _ENTRY.unpack_from(raw, pos)
+    for pos in range(0, size, TOC_ENTRY.size):
+        flags, name, digest, c_off, c_size, d_size = TOC_ENTRY.unpack_from(raw, pos)
         out.append(TocEntry(flags, name.rstrip(b"\0"), digest, c_off, c_size, d_size))
     return out
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from . import chunkmap, dirsearch
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
+from .layouts import CHUNK_RECORD, V5_EXT_BLOB, V5_INODE, V5_SUPER
 from .memo import Memo
 from .model import (
     CHUNK_SIZE_MAX,
@@ -47,10 +48,6 @@ I_XATTR = 0x4
 I_HAS_HOLE = 0x8
 V5_INODE_FLAGS = I_SYMLINK | I_HARDLINK | I_XATTR | I_HAS_HOLE
 
-_SUPER = struct.Struct("<IIIIQQQQQIIIIQ")
-_INODE = struct.Struct("<32sQQIIIIQQQIIIHHIIq8x")  # i_mtime signed, as the kernel reads it
-_CHUNK = struct.Struct("<32sIIIIQQQII")
-_EXT_BLOB = struct.Struct("<IIQQ40x")
 INODE_HDR = 128
 CHUNK_REC = 80
 MAX_SYMLINK = 4096
@@ -134,7 +131,7 @@ class V5Image(Image):
         b = self.buf
         (magic, version, sb_size, chunk_size, flags, inodes_count, itable_off, prefetch_off,
          blob_off, itable_entries, prefetch_entries, blob_size, ext_entries,
-         ext_off) = b.unpack(_SUPER, 0, "v5 superblock")
+         ext_off) = b.unpack(V5_SUPER, 0, "v5 superblock")
         if magic != V5_MAGIC:
             raise RafsError("bad v5 magic", structure="superblock", field="s_magic", value=hex(magic), offset=0)
         if version != V5_VERSION:
@@ -221,7 +218,7 @@ class V5Image(Image):
             count = features = d_size = c_size = 0
             if ext_entries:
                 count, features, d_size, c_size = self.buf.unpack(
-                    _EXT_BLOB, ext_off + 64 * i, "extended blob table")
+                    V5_EXT_BLOB, ext_off + 64 * i, "extended blob table")
             blobs.append(BlobInfo(i, blob_id, count, self.chunk_size, self.compressor,
                                   self.digester, features, c_size, d_size, ra_off, ra_size))
         return blobs
@@ -259,7 +256,7 @@ class V5Image(Image):
                             field=f"entry[{index - 1}]", value=ent, offset=ent_off)
         off = ent * 8
         (_digest, parent, ino, uid, gid, _projid, mode, size, blocks, flags, nlink, child_index,
-         child_count, name_size, symlink_size, rdev, mtime_nsec, mtime) = b.unpack(_INODE, off, "inode")
+         child_count, name_size, symlink_size, rdev, mtime_nsec, mtime) = b.unpack(V5_INODE, off, "inode")
         if flags & ~V5_INODE_FLAGS:
             raise RafsError("unknown inode flags", structure="inode", field="i_flags",
                             value=hex(flags), offset=off + 80)
@@ -406,7 +403,7 @@ class V5Image(Image):
     def _chunk(self, rec: _Rec, i: int) -> tuple[ChunkInfo, int]:
         off = rec.chunks_off + CHUNK_REC * i
         (digest, blob_index, flags, c_size, d_size, c_off, d_off, file_off, index,
-         crc) = self.buf.unpack(_CHUNK, off, "chunk record")
+         crc) = self.buf.unpack(CHUNK_RECORD, off, "chunk record")
         if blob_index >= len(self.blobs):
             raise RafsError("chunk refers to a blob not in the blob table", structure="chunk record",
                             field="blob_index", value=blob_index, offset=off + 32)

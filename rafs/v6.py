@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import os
 import stat
-import struct
 from array import array
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -19,6 +18,15 @@ from . import chunkmap, dirsearch
 from .blobmeta import CiTable
 from .buf import Buf
 from .errors import RafsError, UnsupportedImageError
+from .layouts import (
+    CHUNK_RECORD,
+    V6_BLOB,
+    V6_COMPACT_INODE,
+    V6_DIRENT,
+    V6_EXTENDED_INODE,
+    V6_SUPER,
+    V6_SUPER_EXT,
+)
 from .memo import Memo
 from .model import (
     BLOB_ALIGNED,
@@ -60,13 +68,6 @@ DIRBLOCK_CACHE_MAX = 64  # decoded directory blocks kept (a listing resumes wher
 DIR_ENDS_CACHE_MAX = 4096  # directories whose per-block entry counts are known
 MAX_DIR_SIZE = 1 << 32
 
-_SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHH")
-_EXT = struct.Struct("<QQIIQQQI4x")
-_BLOB = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36x")
-_COMPACT = struct.Struct("<HHHHI4xII HH4x".replace(" ", ""))
-_EXTENDED = struct.Struct("<HHH2xQIIIIqII16x")  # i_mtime signed, as the kernel reads it
-_DIRENT = struct.Struct("<QHBx")
-_CHUNK_REC = struct.Struct("<32sIIIIQQQII")
 _XATTR_PREFIX = {1: b"user.", 2: b"system.posix_acl_access", 3: b"system.posix_acl_default",
                  4: b"trusted.", 6: b"security."}
 _FILE_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK,
@@ -122,7 +123,7 @@ class V6Image(Image):
     def _read_super(self) -> None:
         (magic, _csum, _compat, blkszbits, _extslots, root_nid, inos, _bt, _btn, _blocks,
          meta_blkaddr, xattr_blkaddr, _uuid, _vol, incompat, _u, extra_devices,
-         devt_slotoff) = self.buf.unpack(_SUPER, SUPER_OFF, "erofs superblock")
+         devt_slotoff) = self.buf.unpack(V6_SUPER, SUPER_OFF, "erofs superblock")
         if magic != V6_MAGIC:
             raise RafsError("bad EROFS magic", structure="erofs superblock", field="magic",
                             value=hex(magic), offset=SUPER_OFF)
@@ -168,7 +169,7 @@ class V6Image(Image):
 
     def _read_ext_super(self) -> None:
         (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off,
-         pt_size) = self.buf.unpack(_EXT, EXT_SUPER_OFF, "nydus ext superblock")
+         pt_size) = self.buf.unpack(V6_SUPER_EXT, EXT_SUPER_OFF, "nydus ext superblock")
         where = EXT_SUPER_OFF
         if flags & ~V6_KNOWN_FLAGS:
             raise RafsError("unknown superblock flags", structure="ext superblock",
@@ -211,7 +212,7 @@ class V6Image(Image):
             pos = off + 256 * i
             (raw_id, index, chunk_size, count, comp, dig, features, c_size, d_size, toc_size,
              ci_comp, ci_off, ci_c, ci_d, toc_digest, _meta_digest, _meta_size, _iv,
-             cipher) = self.buf.unpack(_BLOB, pos, "blob table")
+             cipher) = self.buf.unpack(V6_BLOB, pos, "blob table")
             blob_id = raw_id.rstrip(b"\0").decode("ascii", "replace")
             if index != i or chunk_size != self.chunk_size:
                 raise RafsError("blob table entry inconsistent", structure="blob table",
@@ -275,10 +276,10 @@ class V6Image(Image):
         layout = fmt >> 1 & 7
         if fmt & 1:
             (_f, icount, mode, size, i_u, _ino, uid, gid, mtime, mtime_nsec,
-             nlink) = b.unpack(_EXTENDED, off, "extended inode")
+             nlink) = b.unpack(V6_EXTENDED_INODE, off, "extended inode")
             core = 64
         else:
-            _f, icount, mode, nlink, size, i_u, _ino, uid, gid = b.unpack(_COMPACT, off, "compact inode")
+            _f, icount, mode, nlink, size, i_u, _ino, uid, gid = b.unpack(V6_COMPACT_INODE, off, "compact inode")
             core, mtime, mtime_nsec = 32, 0, 0
         if stat.S_IFMT(mode) not in _FILE_TYPES:
             raise RafsError("bad file type", structure="inode", field="i_mode", value=oct(mode),
@@ -345,11 +346,11 @@ class V6Image(Image):
         where = f"directory {ino.nid} block {k}"
         if len(blk) < 12:
             raise RafsError("directory block too short", structure=where, value=len(blk))
-        first = _DIRENT.unpack_from(blk, 0)[1]
+        first = V6_DIRENT.unpack_from(blk, 0)[1]
         if first % 12 or first == 0 or first > len(blk):
             raise RafsError("bad first nameoff", structure=where, field="nameoff", value=first)
         n = first // 12
-        ents = [_DIRENT.unpack_from(blk, 12 * j) for j in range(n)]
+        ents = [V6_DIRENT.unpack_from(blk, 12 * j) for j in range(n)]
         out = []
         for j, (nid, nameoff, ftype) in enumerate(ents):
             end = ents[j + 1][1] if j + 1 < n else len(blk)
@@ -544,7 +545,7 @@ class V6Image(Image):
             if i == len(keys) or keys[i] >> 32 != prefix >> 32:
                 return None
             blkaddr = keys[i] & 0xFFFFFFFF
-            d_size = self.buf.unpack(_CHUNK_REC, m[keys[i]], "chunk table")[4]
+            d_size = self.buf.unpack(CHUNK_RECORD, m[keys[i]], "chunk table")[4]
         if chunkmap.chunk_key(blob_index, chunk_index, blkaddr) is None:
             return None
         return chunkmap.v6_chunk(self.buf.data, blob_index, chunk_index, blkaddr, d_size, -1,

@@ -9,6 +9,7 @@ import tempfile
 
 from .. import codecs
 from ..errors import RafsError
+from ..layouts import CHUNK_RECORD, V5_EXT_BLOB, V5_INODE, V5_SUPER
 from ..model import (
     SB_COMPRESSION_LZ4,
     SB_COMPRESSION_NONE,
@@ -19,13 +20,11 @@ from ..model import (
     SB_HASH_SHA256,
     ChunkInfo,
 )
-from ..v5 import _INODE, I_HARDLINK, I_SYMLINK, I_XATTR  # the reader's layout and flags
+from ..v5 import I_HARDLINK, I_SYMLINK, I_XATTR  # the reader's flags
 from .blob import BlobWriter
 from .tree import Node, bfs, find
 
 SB_SIZE = 8192
-_SUPER = struct.Struct("<IIIIQQQQQIIIIQ")
-_CHUNK = struct.Struct("<32sIIIIQQQII")
 COMPRESSOR_FLAGS = {"none": SB_COMPRESSION_NONE, "lz4_block": SB_COMPRESSION_LZ4,
                     "zstd": SB_COMPRESSION_ZSTD}
 DIGESTER_FLAGS = {"blake3": SB_HASH_BLAKE3, "sha256": SB_HASH_SHA256}
@@ -127,16 +126,16 @@ class V5Writer:
         mtime, nsec = (0, 0) if parent is None else divmod(st.st_mtime_ns, 10**9)
         rdev = st.st_rdev & 0xFFFFFFFF if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
         parent_ino = inos[id(parent)] if parent is not None else 0
-        head = _INODE.pack(digest, parent_ino, inos[id(n)], uid, gid, 0, st.st_mode, size, blocks,
-                           flags, nlink, child_index, child_count, len(name), len(n.symlink), rdev,
-                           nsec, mtime)
+        head = V5_INODE.pack(digest, parent_ino, inos[id(n)], uid, gid, 0, st.st_mode, size, blocks,
+                             flags, nlink, child_index, child_count, len(name), len(n.symlink), rdev,
+                             nsec, mtime)
         body = _pad8(name) + (_pad8(n.symlink) if n.symlink else b"") + xattr
         file_off = 0
         recs = []
         for c in chunks:
-            recs.append(_CHUNK.pack(c.digest, 0, c.flags, c.compressed_size, c.uncompressed_size,
-                                    c.compressed_offset, c.uncompressed_offset, file_off,
-                                    c.chunk_index, 0))
+            recs.append(CHUNK_RECORD.pack(c.digest, 0, c.flags, c.compressed_size, c.uncompressed_size,
+                                          c.compressed_offset, c.uncompressed_offset, file_off,
+                                          c.chunk_index, 0))
             file_off += c.uncompressed_size
         return head + body + b"".join(recs)
 
@@ -148,7 +147,7 @@ class V5Writer:
         blob_off = prefetch_off + len(ptable)
         btable = _pad8(struct.pack("<II", 0, 0) + blob[0].encode()) if blob else b""
         ext_off = blob_off + len(btable)
-        ext = struct.pack("<IIQQ40x", self.blob.count, 0, self.blob.d_off, blob[1]) if blob else b""
+        ext = V5_EXT_BLOB.pack(self.blob.count, 0, self.blob.d_off, blob[1]) if blob else b""
         pos = ext_off + len(ext)
         offsets = []
         for r in records:
@@ -159,9 +158,9 @@ class V5Writer:
         flags |= 0 if self.repeatable else SB_EXPLICIT_UID_GID
         if any(r for r in records if struct.unpack_from("<Q", r, 80)[0] & I_XATTR):
             flags |= SB_HAS_XATTR
-        sb = _SUPER.pack(0x52414653, 0x500, SB_SIZE, self.chunk_size, flags, inodes_count,
-                         itable_off, prefetch_off, blob_off, len(records), len(prefetch),
-                         len(btable), 1 if blob else 0, ext_off if blob else 0)
+        sb = V5_SUPER.pack(0x52414653, 0x500, SB_SIZE, self.chunk_size, flags, inodes_count,
+                           itable_off, prefetch_off, blob_off, len(records), len(prefetch),
+                           len(btable), 1 if blob else 0, ext_off if blob else 0)
         return sb + bytes(SB_SIZE - len(sb)) + itable + ptable + btable + ext + b"".join(records)
 
 

@@ -15,6 +15,18 @@ import struct
 import tarfile
 
 from ..errors import RafsError
+from ..layouts import (
+    BLOB_META_HEADER,
+    CHUNK_RECORD,
+    TOC_ENTRY,
+    V6_BLOB,
+    V6_CHUNK_INDEX,
+    V6_DEVICE_SLOT,
+    V6_DIRENT,
+    V6_EXTENDED_INODE,
+    V6_SUPER,
+    V6_SUPER_EXT,
+)
 from ..model import (
     COMPRESSORS,
     DIGESTERS,
@@ -23,20 +35,11 @@ from ..model import (
     SB_INLINED_CHUNK_DIGEST,
     ChunkInfo,
 )
-from ..v6 import _EXTENDED  # the reader's extended inode (signed i_mtime)
 from .blob import BlobWriter
 from .tree import Node, bfs, find
 from .v5 import COMPRESSOR_FLAGS, DIGESTER_FLAGS
 
 BS = 4096
-_SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHH38x")
-_EXT = struct.Struct("<QQIIQQQI4x200x")
-_SLOT = struct.Struct("<64sII56x")
-_BLOB = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36x")
-_DIRENT = struct.Struct("<QHBx")
-_CHUNK = struct.Struct("<32sIIIIQQQII")
-_META = struct.Struct("<IIIIQQQQQI")
-_TOC = struct.Struct("<I4x16s32sQQQ48x")
 # blob features of a blob written here: ALIGNED, INLINED_CHUNK_DIGEST, HAS_TAR_HEADER, HAS_TOC,
 # CAP_TAR_TOC (what nydus-image 2.2+ writes: 0x70000021)
 FEATURES = 0x7000_0021
@@ -79,7 +82,7 @@ def dir_blocks(entries: list[tuple[bytes, int, int]]) -> tuple[list[bytes], int]
         names = b"".join(e[0] for e in cur)
         head, off = b"", 12 * n
         for name, nid, ftype in cur:
-            head += _DIRENT.pack(nid, off, ftype)
+            head += V6_DIRENT.pack(nid, off, ftype)
             off += len(name)
         blocks.append(head + names)
 
@@ -164,15 +167,16 @@ class V6Writer:
         entries = b"".join(self._ci_entry(c) for c in chunks)
         ci_off = b.append_raw(entries)
         self.ci = (ci_off, len(entries))
-        meta_header = (_META.pack(0xB10BB10B, FEATURES, 0, b.count, ci_off, len(entries),
-                                  len(entries), 0, 0, 0)
-                       + bytes(4096 - _META.size - 4) + struct.pack("<I", 0xB10BB10B))
+        meta_header = (BLOB_META_HEADER.pack(0xB10BB10B, FEATURES, 0, b.count, ci_off,
+                                             len(entries), len(entries), 0, 0, 0)
+                       + bytes(4096 - BLOB_META_HEADER.size - 4) + struct.pack("<I", 0xB10BB10B))
         header_off = b.append_raw(meta_header)
         b.append_raw(_tar_header("blob.meta", len(entries) + 4096))
         digests = b"".join(c.digest for c in chunks)
         digest_off = b.append_raw(digests)
         b.append_raw(_tar_header("blob.digest", len(digests)))
-        toc = b"".join(_TOC.pack(1, name, digest, off, size, size) for name, digest, off, size in (
+        toc = b"".join(TOC_ENTRY.pack(1, name, digest, off, size, size)
+                       for name, digest, off, size in (
             (b"image.blob", b.data_sha_with_header, 0, data_size),
             (b"blob.meta", hashlib.sha256(entries).digest(), ci_off, len(entries)),
             (b"blob.meta.header", hashlib.sha256(meta_header).digest(), header_off, 4096),
@@ -264,8 +268,8 @@ class V6Writer:
         uid, gid = (0, 0) if self.repeatable else (st.st_uid, st.st_gid)
         mtime, nsec = (0, 0) if root else divmod(st.st_mtime_ns, 10**9)
         icount = (len(ino.xattr) - 12) // 4 + 1 if ino.xattr else 0
-        return _EXTENDED.pack(1 | ino.layout << 1, icount, mode, ino.size, i_u, seq, uid, gid,
-                              mtime, nsec, nlink) + ino.xattr
+        return V6_EXTENDED_INODE.pack(1 | ino.layout << 1, icount, mode, ino.size, i_u, seq, uid,
+                                      gid, mtime, nsec, nlink) + ino.xattr
 
     def _assemble(self, inodes: list[_Ino], paths, blob) -> bytes:
         parents = {id(n): self.of[id(p if p is not None else n)].nid for n, p in paths}
@@ -282,16 +286,16 @@ class V6Writer:
                 out[pos:pos + len(data)] = data
             elif ino.layout == CHUNK_BASED:
                 pos = _align(ino.off + len(head), 8)
-                idx = b"".join(struct.pack("<HHI", c.chunk_index & 0xFFFF,
-                                           1 | (c.chunk_index >> 16) << 8,
-                                           c.uncompressed_offset // BS) for c in ino.chunks)
+                idx = b"".join(V6_CHUNK_INDEX.pack(c.chunk_index & 0xFFFF,
+                                                   1 | (c.chunk_index >> 16) << 8,
+                                                   c.uncompressed_offset // BS) for c in ino.chunks)
                 out[pos:pos + len(idx)] = idx
         chunk_table = b""
         if blob:
             recs = sorted(self.blob.chunks.values(), key=lambda c: c.digest)
-            chunk_table = b"".join(_CHUNK.pack(c.digest, 0, c.flags, c.compressed_size,
-                                               c.uncompressed_size, c.compressed_offset,
-                                               c.uncompressed_offset, 0, c.chunk_index, 0)
+            chunk_table = b"".join(CHUNK_RECORD.pack(c.digest, 0, c.flags, c.compressed_size,
+                                                     c.uncompressed_size, c.compressed_offset,
+                                                     c.uncompressed_offset, 0, c.chunk_index, 0)
                                    for c in recs)
         ct_off = len(out)
         out += chunk_table
@@ -304,7 +308,7 @@ class V6Writer:
         d_size = _align(self.blob.d_off, BS)
         blocks = d_size // BS if blob else 0
         mapped = _align(len(out), 512 * 1024) // BS
-        out[1024:1024 + _SUPER.size] = _SUPER.pack(
+        out[1024:1024 + V6_SUPER.size] = V6_SUPER.pack(
             0xE0F5E1E2, 0, 0x4000_0000, 12, 0, inodes[0].nid, len(inodes), 0, 0, blocks,
             self.meta_blkaddr, 0, bytes(16), bytes(16), 0xC, 0, nblobs, 11)
         flags = COMPRESSOR_FLAGS[self.compressor] | DIGESTER_FLAGS[self.digester]
@@ -316,13 +320,13 @@ class V6Writer:
         pt = b"".join(struct.pack("<I", self.of[id(n)].nid) for n in self.prefetch_nodes)
         pt_off = BS + 256 if pt else 0
         out[pt_off:pt_off + len(pt)] = pt
-        out[1152:1152 + _EXT.size] = _EXT.pack(flags, BS, 256 * nblobs, self.chunk_size,
-                                               ct_off, ct_size, pt_off, len(pt))
+        out[1152:1152 + V6_SUPER_EXT.size] = V6_SUPER_EXT.pack(
+            flags, BS, 256 * nblobs, self.chunk_size, ct_off, ct_size, pt_off, len(pt))
         if blob:
             blob_id = blob[0].encode()
-            out[1408:1408 + _SLOT.size] = _SLOT.pack(blob_id, blocks, mapped)
+            out[1408:1408 + V6_DEVICE_SLOT.size] = V6_DEVICE_SLOT.pack(blob_id, blocks, mapped)
             ci_off, ci_size = self.ci
-            out[BS:BS + _BLOB.size] = _BLOB.pack(
+            out[BS:BS + V6_BLOB.size] = V6_BLOB.pack(
                 blob_id, 0, self.chunk_size, self.blob.count, COMPRESSORS.index(self.compressor),
                 DIGESTERS.index(self.digester), FEATURES, blob[1], d_size, self.toc[0], 0, ci_off,
                 ci_size, ci_size, self.toc[1], bytes(32), 0, bytes(8), 0)
