@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import socket
 import socketserver
+import stat
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
 from . import logs
+from .buildinfo import build_info
 
 log = logging.getLogger(__name__)
 
-VERSION = {"package_ver": "0.1.0", "git_commit": "", "build_time": "", "profile": "release",
-           "rustc": "none (pynydusd, Python)"}
 
 
 class ApiState:
@@ -37,7 +38,7 @@ class ApiState:
         self.mounted_time = time.strftime("%Y-%m-%d %H:%M:%S %z")
 
     def daemon_info(self, v2: bool = False) -> dict:
-        info = {"version": VERSION, "id": self.daemon_id, "supervisor": self.supervisor,
+        info = {"version": build_info(), "id": self.daemon_id, "supervisor": self.supervisor,
                 "state": self.state, "backend_collection": None}
         if not v2:
             info["backend_collection"] = {"/": {
@@ -418,21 +419,53 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         log.debug("api connection error", exc_info=True)  # a client hanging up early
 
 
+SUN_PATH_MAX = 108  # bytes of a Unix socket's path, its terminating NUL included
+
+
+class SocketError(RuntimeError):
+    """A Unix socket the daemon was told to serve cannot be bound (startup fails: exit 1)."""
+
+
+def replace_socket(path: str) -> None:
+    """Make room for a socket at `path`: a stale socket there goes; anything else stays, and is
+    an error (a mistyped path must not delete a user's file)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, "a file that is not a socket is in the way")
+    os.unlink(path)
+
+
 class ApiServer:
     """Serves the API socket in a background thread."""
 
     def __init__(self, path: str, state: ApiState) -> None:
         self.path = path
+        # bound and listening under a temporary name, then renamed into place: a client that
+        # waits for the file to appear is never refused
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+        if len(os.fsencode(tmp)) >= SUN_PATH_MAX:  # no room for a longer name: bound in place
+            tmp = path
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        old = os.umask(0o177)
-        try:
-            self.server = _Server(path, _Handler)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
+            replace_socket(path)
+            replace_socket(tmp)
+            old = os.umask(0o177)
+            try:
+                self.server = _Server(tmp, _Handler)
+            finally:
+                os.umask(old)
+            try:
+                os.chmod(tmp, 0o600)
+                if tmp != path:
+                    os.rename(tmp, path)
+            except OSError:
+                self.server.server_close()
+                os.unlink(tmp)
+                raise
+        except OSError as e:
+            raise SocketError(f"cannot bind the API socket {path}: {e.strerror or e}") from None
         self.server.state = state
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="api",
                                        daemon=True)

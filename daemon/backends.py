@@ -177,6 +177,8 @@ def retrying(attempts: int, op: Callable[[], bytes], what: str,
                 on_retry()
             log.warning("%s: %s; retry %d/%d in %.2fs", what, e, attempt + 1, attempts, delay)
             time.sleep(delay)
+        except BackendError as e:  # for good: say which blob and range
+            raise BackendError(f"{what}: {e}") from None
     raise AssertionError("unreachable")
 
 
@@ -223,14 +225,15 @@ def url_for_log(url: str) -> str:
     return no_userinfo(urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl())
 
 
-def basic_auth_header(auth: str) -> str:
-    """Validate nydusd's `auth` (base64 of user:password) and return the header value."""
+def basic_auth_header(auth: str, source: str = "registry 'auth'") -> str:
+    """Validate nydusd's `auth` (base64 of user:password) and return the header value; errors
+    name `source`, where the value came from."""
     try:
         decoded = base64.b64decode(auth, validate=True).decode()
     except (ValueError, UnicodeDecodeError):
-        raise BackendError("registry 'auth' is not valid base64") from None
+        raise BackendError(f"{source} is not valid base64") from None
     if ":" not in decoded:
-        raise BackendError("registry 'auth' must encode user:password")
+        raise BackendError(f"{source} must encode user:password")
     return "Basic " + auth
 
 

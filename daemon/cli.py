@@ -12,12 +12,34 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
-VERSION = "0.1.0"
+from .buildinfo import version_text
+
+
+class StartupError(RuntimeError):
+    """Startup failed for a reason the message names (exit 1, as nydusd's `Error: ...`)."""
+
+
+@contextlib.contextmanager
+def naming(what: str) -> Iterator[None]:
+    """File-system and image errors inside say which input failed (`what`, e.g. "bootstrap
+    PATH"). A backend's own errors (no file name) already say what they are about."""
+    import rafs
+
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.strerror is None:
+            raise
+        raise StartupError(f"{what}: {e.strerror or e}") from None
+    except rafs.RafsError as e:
+        raise StartupError(f"{what}: {e}") from None
 READAHEAD_KB = 4096  # sequential reads come in 1 MiB requests, several in flight (kernel: 128)
 log = logging.getLogger("pynydusd")
 
@@ -68,7 +90,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--rlimit-nofile", type=int, default=1_000_000,
                    help="raise RLIMIT_NOFILE (soft and hard) to this, as nydusd does; 0: leave it")
     p.add_argument("-s", "--shared-dir", help="not supported (passthrough)")
-    p.add_argument("-V", "--version", action="version", version=f"{prog} {VERSION} (pynydusd)")
+    p.add_argument("-V", "--version", action="version", version=version_text(prog))
     return p
 
 
@@ -136,6 +158,9 @@ def make_config(args: argparse.Namespace):
         cfg = load_config(args.config)
         pull_auth = os.environ.get("IMAGE_PULL_AUTH")
         if pull_auth and cfg.storage.backend_type == "registry":  # credentials kept off disk
+            from .backends import basic_auth_header
+
+            basic_auth_header(pull_auth, "IMAGE_PULL_AUTH")  # (a bad one named as such)
             cfg.storage.backend_config["auth"] = pull_auth
     elif args.backend:
         cfg = backend_config(args.backend)
@@ -155,7 +180,8 @@ def make_config(args: argparse.Namespace):
         s.prefetch_enable = args.prefetch
     s.thread_num = args.thread_num
     if args.prefetch_files:
-        with open(args.prefetch_files, encoding="utf-8") as f:
+        with naming(f"--prefetch-files {args.prefetch_files}"), \
+                open(args.prefetch_files, encoding="utf-8") as f:
             s.prefetch_files = [line.strip() for line in f if line.strip()]
     return cfg
 
@@ -171,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from . import logs
 
-        logs.setup(args.log_level, args.log_file, args.log_rotation_size)
+        with naming(f"--log-file {args.log_file}"):
+            logs.setup(args.log_level, args.log_file, args.log_rotation_size)
         from .service import Daemon
 
         daemon = Daemon(args, make_config(args), stop)

@@ -330,4 +330,12 @@ def parse_config_text(text: str, name: str = "config") -> DaemonConfig:
                               + "; ".join(errors)) from None
     if not isinstance(d, dict):
         raise ConfigError(f"{name}: configuration must be an object")
-    return parse_v2(d) if d.get("version") == 2 else parse_v1(d)
+    if d.get("version") == 2:
+        return parse_v2(d)
+    try:
+        return parse_v1(d)
+    except ConfigError as e:
+        if "version" not in d:
+            raise
+        raise ConfigError(f"{e} (read as v1: 'version' {str(d['version'])[:20]!r} is not 2, the "
+                          "v2 format's)") from None

@@ -49,6 +49,20 @@ class _ProxyDown(Exception):
     """The proxy is down and `fallback` allows going around it (to the mirrors first)."""
 
 
+def check_host(host: str) -> None:
+    """Refuse a registry `host` no request could reach: not host[:port] (a port 1..65535)."""
+    bad = not isinstance(host, str) or any(c in host for c in "/?#@\\ ") or not host.isascii()
+    if not bad:
+        try:
+            u = urllib.parse.urlsplit(f"//{host}")
+            bad = not u.hostname or u.port == 0 or host.endswith(":")
+        except ValueError:  # a port that is not a number, or out of range
+            bad = True
+    if bad:
+        raise BackendError(f"registry 'host' must be host[:port] with a port in 1..65535, not "
+                           f"{str(host)[:80]!r}")
+
+
 class RegistryBackend(Backend):
     """Blobs at `<scheme>://<host>/v2/<repo>/blobs/sha256:<id>`."""
 
@@ -63,6 +77,8 @@ class RegistryBackend(Backend):
         scheme = "http" if config.get("scheme") == "http" else "https"
         if base is not None:
             scheme = urllib.parse.urlsplit(base).scheme
+        else:
+            check_host(host)
         self.base = base or f"{scheme}://{host}/v2/{repo.strip('/')}/blobs/sha256:"
         self.basic = basic_auth_header(config["auth"]) if config.get("auth") else None
         token = config.get("registry_token")
@@ -184,8 +200,8 @@ class RegistryBackend(Backend):
         url = self.redirects.get(blob_id) or self.base + blob_id
         if mirrors and self.proxy_url:
             try:
-                data = _body(self._send(url, headers, blob_id, or_direct=False), offset, size,
-                             self._deadline())
+                data = self._answer(self._send(url, headers, blob_id, or_direct=False), blob_id,
+                                    offset, size)
                 self._served_by_registry(key)
                 return data
             except _ProxyDown:
@@ -198,11 +214,18 @@ class RegistryBackend(Backend):
                     if len(self.served_by) > SERVED_BY_MAX:
                         self.served_by.popitem(last=False)
                 return data
-        r = self._send(url, headers, blob_id)
-        deadline = self._deadline()
-        data = _body(r, offset, size, deadline)
+        data = self._answer(self._send(url, headers, blob_id), blob_id, offset, size)
         self._served_by_registry(key)
         return data
+
+    def _answer(self, r, blob_id: str, offset: int, size: int) -> bytes:
+        """_body of the registry's (or the proxy's) answer, its errors naming the request: the
+        blob's URL (not a redirect's, which may carry a signature)."""
+        deadline = self._deadline()
+        try:
+            return _body(r, offset, size, deadline)
+        except BackendError as e:
+            raise type(e)(f"GET {no_userinfo(self.base + blob_id)}: {e}") from None
 
     def _served_by_registry(self, key: tuple[str, int, int]) -> None:
         """This range came from the registry (or the proxy): no mirror answers for it now."""

@@ -9,6 +9,8 @@ import signal
 import threading
 import time
 
+from .cli import naming
+
 log = logging.getLogger("pynydusd")
 
 
@@ -43,6 +45,7 @@ class Daemon:
         self.handed = False  # sendfd done: a supervisor holds the connection too
         self.restarted = False  # waiting for a takeover without --upgrade (an unserved mount)
         self.keep_mount = False  # `exit`: leave the mount for the next daemon
+        self.failure: Exception | None = None  # why serving stopped, when startup failed late
         self.trio_token = None
         self.nursery = None
         self._lock = threading.Lock()
@@ -72,10 +75,12 @@ class Daemon:
         self.signalled = self.signalled or bool(self.early)  # never undo one that just came
         raise_nofile(getattr(args, "rlimit_nofile", 0))
         _tame_malloc()
-        mountpoint = self.mountpoint = canonical_mountpoint(args.mountpoint)
+        with naming(f"mountpoint {args.mountpoint}"):
+            mountpoint = self.mountpoint = canonical_mountpoint(args.mountpoint)
         if not getattr(args, "upgrade", False):
             try:
-                clear_stale_mount(mountpoint, args.apisock)
+                with naming(f"mountpoint {args.mountpoint}"):
+                    clear_stale_mount(mountpoint, args.apisock)
             except MountNotAnswering:
                 # a connection nobody serves while a supervisor's socket is there: its fd is kept
                 # for a takeover (nydusd-contract 6.5/6.6), so wait for one instead of failing.
@@ -88,10 +93,14 @@ class Daemon:
         if mounted_fstype(mountpoint) is None and not os.path.isdir(mountpoint):
             raise RuntimeError(f"mountpoint {args.mountpoint} is not a directory")
         log.info("pynydusd %s (nydusd-compatible) starting, pid %d", _version(), os.getpid())
-        image = self.image = rafs.open_image(args.bootstrap)
+        with naming(f"bootstrap {args.bootstrap}"):
+            image = self.image = rafs.open_image(args.bootstrap)
         if getattr(args, "upgrade", False):  # storage opens at takeover, after the old daemon's
             return self._run_upgrade()
-        self.store = BlobStore(image, cfg.storage)
+        st = cfg.storage
+        with naming(f"cache work_dir {st.work_dir}" if st.cache_type else
+                    f"{st.backend_type} backend"):
+            self.store = BlobStore(image, cfg.storage)
         # until trio listens (and after it stops), a SIGTERM/SIGINT is recorded, never fatal:
         # the mount must always be detached on the way out
         if self.signalled:  # asked to stop before anything was mounted
@@ -141,6 +150,8 @@ class Daemon:
         finally:
             self._loop_done.set()
             self._shutdown(self.mountpoint)
+        if self.failure is not None:
+            raise self.failure
         log.info("nydusd quits")
         return 0
 
@@ -375,20 +386,24 @@ class Daemon:
 
     async def _after_mount(self, ops, mountpoint: str) -> None:
         """Things that must not delay the mount: API socket, blob meta, prefetch."""
+        import pyfuse3
         import trio
 
         args = self.args
         if args.apisock and self.api is None:
-            from .api import ApiServer, ApiState
+            from .api import ApiServer, ApiState, SocketError
 
             state = ApiState(args.id, args.supervisor, mountpoint, self.config.redacted(), ops,
                              self.store, control=self, config_id=self.config.id)
             try:
                 api = ApiServer(os.path.abspath(args.apisock), state)
-                api.start()
-                self.api = api
-            except OSError as e:  # the mount is worth more than the API: serve on without it
-                log.error("cannot listen on the API socket %s: %s", args.apisock, e)
+            except SocketError as e:  # nydusd exits 1 (unmounting): so do we
+                log.error("%s: stopping", e)
+                self.failure = e
+                pyfuse3.terminate()
+                return
+            api.start()
+            self.api = api
         await trio.to_thread.run_sync(self._background_start, abandon_on_cancel=True)
 
     def _background_start(self) -> None:
@@ -448,7 +463,7 @@ def _is_socket(path: str) -> bool:
 
 
 def _version() -> str:
-    from .cli import VERSION
+    from .buildinfo import VERSION
 
     return VERSION
 

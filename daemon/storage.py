@@ -185,7 +185,7 @@ class BlobStore:
                 "total": f["mem_hits"] + f["disk_hits"] + f["misses"],
                 "data_all_ready": bool(self.cache and self.cache.all_ready()),
                 "underlying_files": self.cache.underlying_files() if self.cache else [],
-                "store_path": self.options.work_dir, **p}
+                "store_path": self.options.work_dir if self.cache else "", **p}
 
     def close(self) -> None:
         """Stop prefetch, close backend connections and cache files."""

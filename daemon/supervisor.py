@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 
+from .api import SocketError, replace_socket
 from .handover import MAX_STATE, RECEIVER_HELLO, read_record
 
 log = logging.getLogger("pynydusd-supervisor")
@@ -38,17 +39,19 @@ class Supervisor:
         self.path = path
         self.state = b""
         self.fd: int | None = None
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
         try:
-            self.sock.bind(path)
-        finally:
-            os.umask(old)
-        self.sock.listen(8)
+            replace_socket(path)  # a stale socket goes; a file that is not a socket stays
+            old = os.umask(0o177)
+            try:
+                self.sock.bind(path)
+            finally:
+                os.umask(old)
+            self.sock.listen(8)
+        except OSError as e:
+            self.sock.close()
+            raise SocketError(f"cannot bind the supervisor socket {path}: {e.strerror or e}") \
+                from None
 
     def serve_one(self) -> None:
         """Accept one daemon and either store what it sends or send it what is stored."""
@@ -103,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sup = Supervisor(args.socket)
+    try:
+        sup = Supervisor(args.socket)
+    except SocketError as e:
+        print(f"pynydusd-supervisor: {e}", file=sys.stderr)
+        return 1
     log.info("supervisor listening on %s", args.socket)
     try:
         while True:

@@ -159,6 +159,12 @@ class BlobServerProc:
         self.stderr = err.decode(errors="replace")
 
 
+def listening(sock: str | Path) -> bool:
+    """A Unix socket accepts connections (its file appears at bind, before listen)."""
+    with socket.socket(socket.AF_UNIX) as c:
+        return c.connect_ex(str(sock)) == 0
+
+
 def api_call(sock: str | Path, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
     """One request to a daemon's API socket: (status, body)."""
     s = socket.socket(socket.AF_UNIX)

@@ -130,9 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not os.path.isdir(args.blobsdir):
         p.error(f"--blobsdir {args.blobsdir} is not a directory")
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port {args.port} is not a port (0..65535; 0: any free one)")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="[%(asctime)s] %(levelname)s %(message)s", stream=sys.stderr)
-    server = BlobServer((args.address, args.port), args.blobsdir)
+    try:
+        server = BlobServer((args.address, args.port), args.blobsdir)
+    except OSError as e:  # the port taken, an address not ours
+        print(f"pynydus-blob-server: cannot listen on {args.address}:{args.port}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 1
     log.info("serving %s on http://%s:%d/v2/<repo>/blobs/sha256:<id>", server.blobsdir,
              args.address, server.server_address[1])
     try:

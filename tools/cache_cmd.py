@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.work_dir):  # a mistyped path is not an empty cache
+        print(f"Error: {args.work_dir} is not a directory", file=sys.stderr)
+        return 1
     if args.command == "list":
         blobs = cachegc.scan(args.work_dir)
         if args.json:

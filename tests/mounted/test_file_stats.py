@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from daemon.filestats import FOPS
-from tests.mountutil import PYNYDUSD, Daemon, api_call, require_fuse, wait_for
+from tests.mountutil import PYNYDUSD, Daemon, api_call, listening, require_fuse, wait_for
 
 IMAGE_TOOL = Path(sys.executable).parent / "pynydus-image"
 CONFIG = """
@@ -53,7 +53,7 @@ def test_recorded_reads_give_the_files_and_their_order(sample_v6, tmp_path):
     d = Daemon([str(PYNYDUSD), "--bootstrap", str(image / "bootstrap"), "--config", str(config),
                 "--apisock", str(sock), "--no-prefetch", str(mnt)], mnt)
     try:
-        wait_for(sock.exists, what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         flags = _get(sock, "/api/v1/metrics")
         assert (flags["files_account_enabled"], flags["access_pattern_enabled"],
                 flags["record_latest_read_files_enabled"]) == (True, True, True)
@@ -107,7 +107,7 @@ def test_records_are_off_unless_configured(sample_v6, tmp_path):
     d = Daemon([str(PYNYDUSD), "--bootstrap", str(image / "bootstrap"), "--backend",
                 str(image / "blobs"), "--apisock", str(sock), "--no-prefetch", str(mnt)], mnt)
     try:
-        wait_for(sock.exists, what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         for rel in _workload(src):
             (mnt / rel).read_bytes()
         flags = _get(sock, "/api/v1/metrics")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.faultserver import FaultServer
-from tests.mountutil import PYNYDUSD, Daemon, api_call, fstype_at, require_fuse, wait_for
+from tests.mountutil import PYNYDUSD, Daemon, api_call, fstype_at, listening, require_fuse, wait_for
 from tests.treeutil import source_manifest
 
 SUPERVISOR = Path(sys.executable).parent / "pynydusd-supervisor"
@@ -53,7 +53,7 @@ def new_daemon(img: Path, mnt: Path, sock: Path, sup: Path, *extra: str) -> Daem
     socket is up: state INIT."""
     backend = () if "--backend" in extra else ("--backend", str(img / "blobs"))
     d = Daemon(argv(img, mnt, sock, sup, *backend, *extra, "--upgrade"), mnt, wait=False)
-    wait_for(sock.is_socket, what="the new daemon's API socket")
+    wait_for(lambda: listening(sock), what="the new daemon's API socket")
     return d
 
 
@@ -112,7 +112,7 @@ def test_a_new_daemon_takes_over_the_mount(image, tmp_path, how):
     try:
         merged = overlay(mnt, tmp_path)
         assert (merged / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
-        wait_for(a_sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(a_sock), what="the API socket")
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
         b = new_daemon(img, mnt, b_sock, sup.path)
         assert state(b_sock) == "INIT"
@@ -168,7 +168,7 @@ def test_failover_redrives_the_read_the_killed_daemon_held(image, tmp_path):
     a = Daemon(argv(img, mnt, a_sock, sup.path, *extra), mnt)
     b = None
     try:
-        wait_for(a_sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(a_sock), what="the API socket")
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
         b = new_daemon(img, mnt, b_sock, sup.path, *extra)
         t, out = reader(mnt / "data/exactly-64k.bin")
@@ -176,7 +176,7 @@ def test_failover_redrives_the_read_the_killed_daemon_held(image, tmp_path):
         assert t.is_alive() and not server.served
         a.proc.send_signal(signal.SIGKILL)  # mid-fetch: the read is the dead daemon's
         a.proc.wait()
-        wait_for(b_sock.is_socket, what="the new daemon's API socket")
+        wait_for(lambda: listening(b_sock), what="the new daemon's API socket")
         server.delay_s = 0
         assert api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
         assert api_call(b_sock, "PUT", "/api/v1/daemon/start")[0] == 204
@@ -206,7 +206,7 @@ def test_takeover_refuses_another_image_and_leaves_the_mount(image, tmp_path):
     a = Daemon(argv(img, mnt, a_sock, sup.path, "--backend", str(img / "blobs")), mnt)
     b = None
     try:
-        wait_for(a_sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(a_sock), what="the API socket")
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
         b = new_daemon(other, mnt, b_sock, sup.path, "--backend", str(img / "blobs"))
         code, body = api_call(b_sock, "PUT", "/api/v1/daemon/fuse/takeover")
@@ -233,7 +233,7 @@ def test_handover_needs_a_supervisor(image, tmp_path):
     assert r.returncode == 2 and "--upgrade needs --apisock and --supervisor" in r.stderr
     a = Daemon([*base, "--id", "x", "--supervisor", str(tmp_path / "nobody.sock"), str(mnt)], mnt)
     try:
-        wait_for(sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         code, body = api_call(sock, "PUT", "/api/v1/daemon/fuse/sendfd")
         assert code == 500 and b"cannot connect to the supervisor" in body, body
         assert (mnt / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
@@ -247,7 +247,7 @@ def start_old(img: Path, tmp_path: Path, sup: Path, *extra: str) -> tuple[Daemon
     mnt, sock = tmp_path / "mnt", tmp_path / "a.sock"
     mnt.mkdir(exist_ok=True)
     a = Daemon(argv(img, mnt, sock, sup, "--backend", str(img / "blobs"), *extra), mnt)
-    wait_for(sock.is_socket, what="the API socket")
+    wait_for(lambda: listening(sock), what="the API socket")
     assert api_call(sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
     return a, mnt, sock
 
@@ -304,7 +304,7 @@ def test_exit_finishes_the_reads_it_took_before_it_goes(image, tmp_path):
     a = Daemon(argv(img, mnt, a_sock, sup.path, *extra), mnt)
     b = None
     try:
-        wait_for(a_sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(a_sock), what="the API socket")
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
         # no re-drive: what the old daemon took it answers, what it did not take waits
         # (started now: no fork while a read waits on the mount)
@@ -378,7 +378,7 @@ def test_a_restart_waits_for_a_takeover_while_the_supervisor_holds_the_mount(ima
         sock.unlink()
         again = Daemon(a.proc.args, mnt, wait=False)
         daemons.append(again)
-        wait_for(sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         assert state(sock) == "INIT" and "waiting for a takeover" in again.output()
         take_over(sock)
         assert (mnt / "data/dup-b.bin").read_bytes() == (src / "data/dup-b.bin").read_bytes()
@@ -396,7 +396,7 @@ def test_exit_without_a_supervisor_copy_is_refused(image, tmp_path):
     a = Daemon(argv(img, mnt, sock, tmp_path / "nobody.sock", "--backend", str(img / "blobs")),
                mnt)
     try:
-        wait_for(sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         code, body = api_call(sock, "PUT", "/api/v1/daemon/exit")
         assert code == 400 and b"sendfd first" in body, body
         assert (mnt / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
@@ -513,7 +513,7 @@ def test_hot_upgrade_through_a_supervisor_that_never_reads(image, tmp_path):
     a = Daemon(argv(img, mnt, a_sock, sup.path, "--backend", str(img / "blobs")), mnt)
     b = None
     try:
-        wait_for(a_sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(a_sock), what="the API socket")
         t = sup.store()
         assert api_call(a_sock, "PUT", "/api/v1/daemon/fuse/sendfd")[0] == 204
         t.join(5)
@@ -543,7 +543,7 @@ def test_a_bootstrap_replaced_under_the_mount_is_not_taken_over(image, tmp_path)
     a = Daemon(argv(mine, mnt, a_sock, sup.path, "--backend", str(img / "blobs")), mnt)
     b = None
     try:
-        wait_for(a_sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(a_sock), what="the API socket")
         new = tmp_path / "new-bootstrap"
         new.write_bytes((img / "bootstrap").read_bytes())
         os.rename(new, mine / "bootstrap")  # a re-pull renames the new file into place
@@ -594,7 +594,7 @@ def test_a_restart_does_not_take_over_from_a_stopped_daemon(image, tmp_path):
         sock2 = tmp_path / "again.sock"
         args = [x if x != str(sock) else str(sock2) for x in a.proc.args]
         again = Daemon(args, mnt, wait=False)
-        wait_for(sock2.is_socket, what="the API socket")
+        wait_for(lambda: listening(sock2), what="the API socket")
         code, body = api_call(sock2, "PUT", "/api/v1/daemon/fuse/takeover")
         assert code == 500 and b"still runs" in body, body
         assert again.terminate()[0] == 0

@@ -14,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from daemon.buildinfo import build_info
 from rafs import chunkmap
-from tests.mountutil import PYNYDUSD, BlobServerProc, Daemon, fstype_at, require_fuse, wait_for
+from tests.mountutil import (
+    PYNYDUSD,
+    BlobServerProc,
+    Daemon,
+    fstype_at,
+    listening,
+    require_fuse,
+    wait_for,
+)
 from tests.mountutil import api_call as _api
 from tests.treeutil import make_source, source_manifest
 
@@ -71,18 +80,21 @@ def test_api_socket(built, tmp_path):
         "mode": "direct"}))
     mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
     mnt.mkdir()
-    sock.write_text("stale")  # a stale file is replaced
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))
+    stale.close()  # a stale socket (nobody listens) is replaced
     d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--config", str(cfg),
                 "--apisock", str(sock), "--log-level", "trace", str(mnt)], mnt)
     try:
         (mnt / "data/text-1m.txt").read_bytes()
         from tests.mountutil import wait_for
 
-        wait_for(lambda: sock.is_socket(), what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
         code, body = _api(sock, "GET", "/api/v1/daemon")
         info = json.loads(body)
-        assert code == 200 and info["state"] == "RUNNING" and "version" in info
+        assert code == 200 and info["state"] == "RUNNING"
+        assert info["version"] == build_info() and info["version"]["package_ver"]
         assert b"c2VjcmV0" not in body  # credentials never leave the daemon
         assert "c2VjcmV0" not in d.output() and "password" not in d.output()  # nor reach its log
         code, body = _api(sock, "GET", "/api/v1/metrics")
@@ -205,7 +217,7 @@ def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
     d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--backend",
                 str(tmp / "v6/blobs"), "--apisock", str(sock), str(mnt)], mnt)
     try:
-        wait_for(sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         level = b'{"log_level": "info"}'
         cases = [
             (b"POST /api/v1/daemon HTTP/1.1\r\nContent-Length: 21\r\n\r\n" + level, 400),
@@ -373,7 +385,7 @@ def test_backend_info_describes_the_mounted_superblock(built, tmp_path, version)
     d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / version / "bootstrap"), "--backend",
                 str(tmp / version / "blobs"), "--apisock", str(sock), str(mnt)], mnt)
     try:
-        wait_for(sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         code, body = _api(sock, "GET", "/api/v1/daemon/backend?mountpoint=/")
         assert code == 200, body
         info = json.loads(body)
@@ -407,3 +419,26 @@ def test_log_level_trace_logs_every_request(built, tmp_path):
         assert " read(" in out and "): ok in" in out
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("in_the_way", ["nothing", "a file"])
+def test_an_api_socket_that_cannot_be_bound_stops_the_daemon(built, tmp_path, in_the_way):
+    """nydusd exits 1 when its API socket cannot be bound (the mount goes with it); a file that
+    is not a socket where the socket goes is the user's, and stays."""
+    require_fuse()
+    tmp, _src = built
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if in_the_way == "a file":
+        sock = tmp_path / "rootfs.meta"
+        sock.write_bytes(b"precious")
+    else:
+        sock = tmp_path / "no/such/dir/api.sock"
+    p = subprocess.run([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--backend",
+                        str(tmp / "v6/blobs"), "--apisock", str(sock), str(mnt)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(f"Error: cannot bind the API socket {sock}")
+    assert "mounted at" in p.stderr and fstype_at(mnt) is None  # it was up, and is gone
+    if in_the_way == "a file":
+        assert sock.read_bytes() == b"precious"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mountutil import PYNYDUSD, Daemon, api_call, require_fuse, wait_for
+from tests.mountutil import PYNYDUSD, Daemon, api_call, listening, require_fuse, wait_for
 from tests.servers import Registry
 
 GOOD = base64.b64encode(b"alice:s3cret").decode()
@@ -60,7 +60,7 @@ def test_credentials_are_replaced_over_the_api(image, tmp_path):
             reg.push_blob("private/img", blob.read_bytes())
         d = Daemon([str(PYNYDUSD), "--bootstrap", str(img / "bootstrap"), "--config",
                     str(config(tmp_path, reg.port, WRONG)), "--apisock", str(sock), str(mnt)], mnt)
-        wait_for(sock.is_socket, what="the API socket")
+        wait_for(lambda: listening(sock), what="the API socket")
         assert read_errno(mnt / "data/random-300k.bin") == errno.EIO
         code, body = api_call(sock, "PUT", "/api/v1/config",
                               json.dumps({"registry_auth": "not base64!"}).encode())

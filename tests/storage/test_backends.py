@@ -603,3 +603,27 @@ def test_an_https_proxy_with_a_private_ca_carries_tls_to_the_registry(v5, tmp_pa
     finally:
         proxy.stop()
         reg.stop()
+
+
+def test_a_refused_request_names_its_url_blob_and_range(sample_v6, tmp_path):
+    """A 404 is no reason to retry, and the error (in the log and the API's events) says which
+    request failed: method and URL, blob and range. Without a disk cache no store path is shown."""
+    img, _src = sample_v6
+    image = rafs.open_image(img / "bootstrap")
+    (tmp_path / "empty").mkdir()
+    server = BlobServerProc(tmp_path / "empty")
+    try:
+        store = http_store(image, server, cache_type="")
+        blob = image.blobs[0].blob_id
+        f = next(i for _p, i in walk(image) if i.is_reg and i.size)
+        with pytest.raises(BackendError) as e:
+            store.read(image.chunks(f.ino, 0, f.size))
+        msg = str(e.value)
+        assert f"GET http://127.0.0.1:{server.port}/v2/r/blobs/sha256:{blob}: server answered " \
+               "404" in msg
+        assert msg.startswith(f"blob {blob} range ") and "attempts" not in msg
+        assert store.metrics()["store_path"] == ""
+        store.close()
+    finally:
+        server.stop()
+    assert len(server.requests()) == 1  # not retried

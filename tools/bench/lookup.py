@@ -21,6 +21,7 @@ pieces speedups.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import statistics
@@ -206,8 +207,11 @@ def end_to_end() -> None:
         print(f"{chunkmap.IMPLEMENTATION} read-{label} {FILE_SIZE / (time.perf_counter() - t) / 1e6:.1f}")
 
 
-def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one end-to-end run
+    if ap.parse_args(argv).child:
         end_to_end()
         return 0
     build()

@@ -10,6 +10,7 @@ reads 1% of the files (random, fixed seed), reads every file, and compares the f
 
 from __future__ import annotations
 
+import argparse
 import random
 import shutil
 import subprocess
@@ -45,7 +46,9 @@ def cold_read(image_path: Path, url: str, repo: str, paths: list, work: Path,
             "requests": stats["read_count"] - meta["read_count"], "seconds": took}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     from tests.servers import Registry
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-storage-"))
