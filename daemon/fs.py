@@ -21,6 +21,7 @@ import pyfuse3
 import trio
 
 import rafs
+from rafs.model import SB_HAS_XATTR
 
 from .filestats import FOPS, FileStats, fuse_ino, image_ino
 from .logs import TRACE
@@ -118,7 +119,7 @@ class RafsOperations(pyfuse3.Operations):
         self.init_done = threading.Event()
         self.image = image
         self.store = store
-        self.xattr_enabled = enable_xattr or bool(image.flags & 0x20)
+        self.xattr_enabled = enable_xattr or bool(image.flags & SB_HAS_XATTR)
         self.limiter = trio.CapacityLimiter(max(1, thread_num))
         self.mount_ns = int((mount_time or time.time()) * 1e9)
         self.root = image.root_ino

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -442,3 +443,53 @@ def test_an_api_socket_that_cannot_be_bound_stops_the_daemon(built, tmp_path, in
     assert "mounted at" in p.stderr and fstype_at(mnt) is None  # it was up, and is gone
     if in_the_way == "a file":
         assert sock.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("version", ["5", "6"])
+def test_an_image_without_xattrs_says_so_once(tmp_path, version):
+    """`--backend` serves xattrs only for an image that has some: otherwise getxattr answers
+    ENOSYS, which the kernel remembers, so `ls -l` of a large tree does not ask for
+    security.selinux and ACLs of every entry again and again (it did: 6x slower listings)."""
+    require_fuse()
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(20):
+        (src / "d" / f"f{i}").write_bytes(b"x" * i)
+    build(src, tmp_path / "img", version)
+    mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp_path / "img/bootstrap"), "--backend",
+                str(tmp_path / "img/blobs"), "--apisock", str(sock), str(mnt)], mnt)
+    try:
+        wait_for(lambda: listening(sock), what="the API socket")
+        for _ in range(3):
+            for i in range(20):
+                with pytest.raises(OSError) as e:
+                    os.getxattr(mnt / "d" / f"f{i}", "security.selinux")
+                assert e.value.errno == errno.EOPNOTSUPP
+        m = json.loads(_api(sock, "GET", "/api/v1/metrics")[1])
+        from daemon.filestats import FOPS
+
+        assert m["fop_hits"][FOPS.index("getxattr")] <= 1  # asked once, then never again
+        assert (mnt / "d/f7").read_bytes() == b"x" * 7
+    finally:
+        d.stop()
+
+
+def test_an_image_with_xattrs_answers_enodata_for_a_name_it_lacks(built, tmp_path):
+    require_fuse()
+    tmp, src = built
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--backend",
+                str(tmp / "v6/blobs"), str(mnt)], mnt)
+    try:
+        with pytest.raises(OSError) as e:
+            os.getxattr(mnt / "README.txt", "user.nothing")
+        assert e.value.errno == errno.ENODATA
+        have = [p for p in src.rglob("*") if not p.is_symlink() and os.listxattr(p)]
+        assert have  # (the sample tree has some, which the mount shows)
+        rel = have[0].relative_to(src)
+        assert sorted(os.listxattr(mnt / rel)) == sorted(os.listxattr(have[0]))
+    finally:
+        d.stop()
