@@ -444,12 +444,14 @@ class ApiServer:
     def __init__(self, path: str, state: ApiState) -> None:
         self.path = path
         # bound and listening under a temporary name, then renamed into place: a client that
-        # waits for the file to appear is never refused
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+        # waits for the file to appear is never refused. A path too long for a socket address
+        # is bound relative to the current directory, as nydusd binds the path given.
+        where = path if len(os.fsencode(path)) < SUN_PATH_MAX else os.path.relpath(path)
+        tmp = os.path.join(os.path.dirname(where), f".{os.path.basename(where)}.{os.getpid()}")
         if len(os.fsencode(tmp)) >= SUN_PATH_MAX:  # no room for a longer name: bound in place
-            tmp = path
+            tmp = where
         try:
-            replace_socket(path)
+            replace_socket(where)
             replace_socket(tmp)
             old = os.umask(0o177)
             try:
@@ -458,8 +460,9 @@ class ApiServer:
                 os.umask(old)
             try:
                 os.chmod(tmp, 0o600)
-                if tmp != path:
-                    os.rename(tmp, path)
+                if tmp != where:
+                    os.rename(tmp, where)
+                self.ino = os.lstat(where).st_ino  # ours, to remove at the end (no other's)
             except OSError:
                 self.server.server_close()
                 os.unlink(tmp)
@@ -475,9 +478,11 @@ class ApiServer:
         log.info("HTTP API server running at %s", self.path)
 
     def stop(self) -> None:
+        """Stop serving and remove the socket, unless another daemon's has replaced it."""
         self.server.shutdown()
         self.server.server_close()
         try:
-            os.unlink(self.path)
+            if os.lstat(self.path).st_ino == self.ino:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass

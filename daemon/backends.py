@@ -215,14 +215,15 @@ def no_userinfo(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    return scheme + sep + rest[:end].rpartition("@")[2] + rest[end:]
+    # through the last @: a password may hold / ? or # unencoded (users type them so), and then
+    # the authority seems to end early; a URL of ours has no @ past it
+    return scheme + sep + rest.rpartition("@")[2]
 
 
 def url_for_log(url: str) -> str:
     """A URL fit for a log line or the API: no user:password@, no query (presigned URLs and
     tokens live there), no fragment."""
-    return no_userinfo(urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl())
+    return urllib.parse.urlsplit(no_userinfo(url))._replace(query="", fragment="").geturl()
 
 
 def basic_auth_header(auth: str, source: str = "registry 'auth'") -> str:

@@ -15,28 +15,41 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _git_commit(root: str) -> str:
-    """The commit checked out at `root`, read from .git without running git; "" if none."""
-    git = os.path.join(root, ".git")
+    """The commit checked out at `root`, read from .git without running git; "" if none. In a
+    worktree or submodule .git is a file naming the git directory; refs may live in the common
+    directory it names, loose or packed."""
     try:
+        git = os.path.join(root, ".git")
+        if os.path.isfile(git):
+            line = _read(git)
+            if not line.startswith("gitdir: "):
+                return ""
+            git = os.path.join(root, line[8:])
+        common = git
+        if os.path.isfile(os.path.join(git, "commondir")):
+            common = os.path.join(git, _read(os.path.join(git, "commondir")))
         head = _read(os.path.join(git, "HEAD"))
         if not head.startswith("ref: "):
             return head if len(head) == 40 else ""
         ref = head[5:]
-        try:
-            return _read(os.path.join(git, ref))
-        except OSError:
-            for line in _read(os.path.join(git, "packed-refs")).splitlines():
-                sha, _, name = line.partition(" ")
-                if name == ref and len(sha) == 40:
-                    return sha
+        for d in dict.fromkeys((git, common)):
+            try:
+                sha = _read(os.path.join(d, ref))
+                return sha if len(sha) == 40 else ""
+            except FileNotFoundError:
+                pass
+        for line in _read(os.path.join(common, "packed-refs"), 1 << 22).splitlines():
+            sha, _, name = line.partition(" ")
+            if name == ref and len(sha) == 40:
+                return sha
     except (OSError, UnicodeDecodeError):
         pass
     return ""
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="ascii") as f:
-        return f.read(4096).strip()
+def _read(path: str, limit: int = 4096) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read(limit).strip()
 
 
 def _build_time(root: str) -> str:

@@ -335,7 +335,9 @@ def parse_config_text(text: str, name: str = "config") -> DaemonConfig:
     try:
         return parse_v1(d)
     except ConfigError as e:
-        if "version" not in d:
+        version = d.get("version")
+        if version is None or version == 1:
             raise
-        raise ConfigError(f"{e} (read as v1: 'version' {str(d['version'])[:20]!r} is not 2, the "
-                          "v2 format's)") from None
+        said = "the string '2'" if version == "2" else repr(str(version)[:20])
+        raise ConfigError(f"{e} (read as v1: 'version' is {said}, not the number 2 of the v2 "
+                          "format)") from None

@@ -227,14 +227,6 @@ def clear_stale_mount(mountpoint: str, apisock: str | None) -> None:
     lazy_unmount(mountpoint)
 
 
-def replace_socket_file(path: str) -> None:
-    """Remove a stale socket file at `path` (nothing listens on it)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOATIME = 1, 2, 4, 1024
 MAX_READ = 1 << 20
 

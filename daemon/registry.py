@@ -50,17 +50,22 @@ class _ProxyDown(Exception):
 
 
 def check_host(host: str) -> None:
-    """Refuse a registry `host` no request could reach: not host[:port] (a port 1..65535)."""
-    bad = not isinstance(host, str) or any(c in host for c in "/?#@\\ ") or not host.isascii()
+    """Refuse a registry `host` no request could reach: not [user:password@]host[:port] (a port
+    1..65535)."""
+    where = host.rpartition("@")[2] if isinstance(host, str) else ""
+    bad = not where or any(c in where for c in "/?#\\ ") or not where.isascii()
     if not bad:
         try:
-            u = urllib.parse.urlsplit(f"//{host}")
-            bad = not u.hostname or u.port == 0 or host.endswith(":")
+            u = urllib.parse.urlsplit(f"//{where}")
+            bad = not u.hostname or u.port == 0 or where.endswith(":")
         except ValueError:  # a port that is not a number, or out of range
             bad = True
-    if bad:
-        raise BackendError(f"registry 'host' must be host[:port] with a port in 1..65535, not "
-                           f"{str(host)[:80]!r}")
+    if bad:  # shown up to its port: what looks like one may be a password (user:pass@host)
+        shown = where
+        shown = shown[:shown.index("]") + 1] if shown.startswith("[") and "]" in shown else \
+            shown.partition(":")[0]
+        raise BackendError(f"registry 'host' must be host[:port] with a port in 1..65535 (the "
+                           f"host given: {shown[:80]!r} and what follows it)")
 
 
 class RegistryBackend(Backend):

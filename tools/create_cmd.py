@@ -70,22 +70,22 @@ def run(args: argparse.Namespace) -> int:
     spool = tempfile.mkdtemp(prefix=".pynydus-spool-", dir=args.blob_dir if os.path.isdir(
         args.blob_dir) else None)
     try:
+        if args.prefetch_policy == "fs" and args.source == "-":
+            print("pynydus-image: --prefetch-policy fs reads stdin, so SOURCE cannot be '-'",
+                  file=sys.stderr)
+            return 1
         if args.type == "tar-rafs":
             tree = scan_tar(args.source, spool, args.whiteout_spec)
         else:
             tree = scan(args.source)
+        prefetch = None
+        if args.prefetch_policy == "fs":
+            prefetch = [line.strip() for line in sys.stdin if line.strip()]
         cls = V6Writer if args.fs_version == "6" else V5Writer
         writer = cls(args.blob_dir, args.compressor, args.digester, args.chunk_size,
                      args.repeatable)
         if sys.stderr.isatty():
             writer.blob.progress = Progress()
-        prefetch = None
-        if args.prefetch_policy == "fs":
-            if args.source == "-":
-                print("pynydus-image: --prefetch-policy fs reads stdin, so SOURCE cannot be '-'",
-                      file=sys.stderr)
-                return 1
-            prefetch = [line.strip() for line in sys.stdin if line.strip()]
         bootstrap, blob_id = writer.build(tree, prefetch)
         try:
             with writer.blob.published():  # the blob this build created goes with a failure

@@ -77,7 +77,7 @@ def test_a_bad_image_pull_auth_is_named_as_such(image, tmp_path):
 
 
 def test_a_config_of_an_unknown_version_says_so():
-    with pytest.raises(ConfigError, match=r"'version' '3' is not 2"):
+    with pytest.raises(ConfigError, match=r"'version' is '3', not the number 2"):
         parse_config_text('version = 3\n[backend]\ntype = "localfs"\n', "c.toml")
 
 
@@ -140,3 +140,38 @@ def test_version_prints_the_build():
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
         assert fields["Git Commit"].strip() == head == build_info()["git_commit"]
+
+
+@pytest.mark.parametrize("url", ["http://alice:Top/Secret@127.0.0.1:18601/r",
+                                 "http://alice:Top#Secret@127.0.0.1:18601/r",
+                                 "http://alice:Top?Secret@127.0.0.1:abc/r"])
+def test_a_password_typed_unencoded_never_reaches_the_error(image, url):
+    boot, _blobs, mnt = image
+    line = _fails(["--bootstrap", str(boot), "--backend", url, str(mnt)])
+    assert "Secret" not in line and "Top" not in line, line
+
+
+def test_a_config_host_with_credentials_and_a_bad_port_is_refused_without_them(image, tmp_path):
+    boot, _blobs, mnt = image
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"device": {"backend": {"type": "registry", "config": {"host": '
+                   '"alice:TopSecret@127.0.0.1:abc", "repo": "r", "scheme": "http"}}}, '
+                   '"mode": "direct"}')
+    line = _fails(["--bootstrap", str(boot), "--config", str(cfg), str(mnt)])
+    assert "'127.0.0.1'" in line and "TopSecret" not in line and "alice" not in line, line
+
+
+def test_a_daemon_leaving_keeps_the_api_socket_another_has_put_there(tmp_path):
+    """A daemon replaced at its API socket path (a stale file is replaced at start) removes
+    the socket at exit only if it is still its own."""
+    from daemon.api import ApiServer, ApiState
+    from tests.mountutil import api_call
+
+    path = str(tmp_path / "api.sock")
+    servers = [ApiServer(path, ApiState(name, None, "/m", {}, None, None)) for name in "ab"]
+    for s in servers:
+        s.start()
+    servers[0].stop()
+    assert api_call(path, "GET", "/api/v1/daemon")[0] in (200, 503)  # b's, still there
+    servers[1].stop()
+    assert not os.path.exists(path)

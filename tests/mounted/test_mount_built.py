@@ -493,3 +493,28 @@ def test_an_image_with_xattrs_answers_enodata_for_a_name_it_lacks(built, tmp_pat
         assert sorted(os.listxattr(mnt / rel)) == sorted(os.listxattr(have[0]))
     finally:
         d.stop()
+
+
+def test_a_relative_api_socket_too_long_as_an_absolute_path_still_binds(built, tmp_path):
+    """nydusd binds the path given: `--apisock api.sock` from a deep directory works although
+    the absolute path is longer than a socket address holds."""
+    require_fuse()
+    tmp, _src = built
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--backend",
+                str(tmp / "v6/blobs"), "--apisock", "api.sock", str(mnt)], mnt, cwd=str(deep))
+    try:
+        cwd = os.getcwd()
+        os.chdir(deep)  # (the test connects by the same short name)
+        try:
+            wait_for(lambda: listening("api.sock"), what="the API socket")
+            assert _api("api.sock", "GET", "/api/v1/daemon")[0] == 200
+        finally:
+            os.chdir(cwd)
+        assert (mnt / "README.txt").read_bytes()
+    finally:
+        d.stop()
+    assert not (deep / "api.sock").exists() and os.listdir(deep) == []
