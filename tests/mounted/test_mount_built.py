@@ -38,6 +38,15 @@ def build(src: Path, out: Path, version: str) -> None:
                     str(src)], check=True, capture_output=True)
 
 
+def mount_local(img: Path, tmp_path: Path, *extra: str) -> tuple[Daemon, Path]:
+    """A daemon mounting image dir `img` (bootstrap, blobs/) from its local blobs at
+    tmp_path/mnt."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    return Daemon([str(PYNYDUSD), "--bootstrap", str(img / "bootstrap"), "--backend",
+                   str(img / "blobs"), *extra, str(mnt)], mnt), mnt
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("built")
@@ -213,10 +222,8 @@ def test_api_socket_answers_bad_and_many_clients(built, tmp_path):
     cost bounded file descriptors, and the mount keeps serving."""
     require_fuse()
     tmp, _src = built
-    mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
-    mnt.mkdir()
-    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--backend",
-                str(tmp / "v6/blobs"), "--apisock", str(sock), str(mnt)], mnt)
+    sock = tmp_path / "api.sock"
+    d, mnt = mount_local(tmp / "v6", tmp_path, "--apisock", str(sock))
     try:
         wait_for(lambda: listening(sock), what="the API socket")
         level = b'{"log_level": "info"}'
@@ -405,10 +412,7 @@ def test_log_level_trace_logs_every_request(built, tmp_path):
     """nydusd's --log-level trace prints a line per FUSE request; so does pynydusd."""
     require_fuse()
     tmp, src = built
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v5/bootstrap"), "--backend",
-                str(tmp / "v5/blobs"), "--log-level", "trace", str(mnt)], mnt)
+    d, mnt = mount_local(tmp / "v5", tmp_path, "--log-level", "trace")
     try:
         assert (mnt / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
         with pytest.raises(FileNotFoundError):
@@ -456,10 +460,8 @@ def test_an_image_without_xattrs_says_so_once(tmp_path, version):
     for i in range(20):
         (src / "d" / f"f{i}").write_bytes(b"x" * i)
     build(src, tmp_path / "img", version)
-    mnt, sock = tmp_path / "mnt", tmp_path / "api.sock"
-    mnt.mkdir()
-    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp_path / "img/bootstrap"), "--backend",
-                str(tmp_path / "img/blobs"), "--apisock", str(sock), str(mnt)], mnt)
+    sock = tmp_path / "api.sock"
+    d, mnt = mount_local(tmp_path / "img", tmp_path, "--apisock", str(sock))
     try:
         wait_for(lambda: listening(sock), what="the API socket")
         for _ in range(3):
@@ -479,10 +481,7 @@ def test_an_image_without_xattrs_says_so_once(tmp_path, version):
 def test_an_image_with_xattrs_answers_enodata_for_a_name_it_lacks(built, tmp_path):
     require_fuse()
     tmp, src = built
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    d = Daemon([str(PYNYDUSD), "--bootstrap", str(tmp / "v6/bootstrap"), "--backend",
-                str(tmp / "v6/blobs"), str(mnt)], mnt)
+    d, mnt = mount_local(tmp / "v6", tmp_path)
     try:
         with pytest.raises(OSError) as e:
             os.getxattr(mnt / "README.txt", "user.nothing")
