@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import socket
 import socketserver
-import stat
 import threading
 import time
 import urllib.parse
@@ -16,6 +14,7 @@ from http.server import BaseHTTPRequestHandler
 
 from . import logs
 from .buildinfo import build_info
+from .lifecycle import SocketError, listen_unix, remove_socket
 
 log = logging.getLogger(__name__)
 
@@ -419,56 +418,17 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         log.debug("api connection error", exc_info=True)  # a client hanging up early
 
 
-SUN_PATH_MAX = 108  # bytes of a Unix socket's path, its terminating NUL included
-
-
-class SocketError(RuntimeError):
-    """A Unix socket the daemon was told to serve cannot be bound (startup fails: exit 1)."""
-
-
-def replace_socket(path: str) -> None:
-    """Make room for a socket at `path`: a stale socket there goes; anything else stays, and is
-    an error (a mistyped path must not delete a user's file)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EEXIST, "a file that is not a socket is in the way")
-    os.unlink(path)
-
-
 class ApiServer:
     """Serves the API socket in a background thread."""
 
     def __init__(self, path: str, state: ApiState) -> None:
         self.path = path
-        # bound and listening under a temporary name, then renamed into place: a client that
-        # waits for the file to appear is never refused. A path too long for a socket address
-        # is bound relative to the current directory, as nydusd binds the path given.
-        where = path if len(os.fsencode(path)) < SUN_PATH_MAX else os.path.relpath(path)
-        tmp = os.path.join(os.path.dirname(where), f".{os.path.basename(where)}.{os.getpid()}")
-        if len(os.fsencode(tmp)) >= SUN_PATH_MAX:  # no room for a longer name: bound in place
-            tmp = where
+        self.server = _Server(path, _Handler, False)  # bound by listen_unix
         try:
-            replace_socket(where)
-            replace_socket(tmp)
-            old = os.umask(0o177)
-            try:
-                self.server = _Server(tmp, _Handler)
-            finally:
-                os.umask(old)
-            try:
-                os.chmod(tmp, 0o600)
-                if tmp != where:
-                    os.rename(tmp, where)
-                self.ino = os.lstat(where).st_ino  # ours, to remove at the end (no other's)
-            except OSError:
-                self.server.server_close()
-                os.unlink(tmp)
-                raise
-        except OSError as e:
-            raise SocketError(f"cannot bind the API socket {path}: {e.strerror or e}") from None
+            self.ino = listen_unix(self.server.socket, path, "API", self.server.request_queue_size)
+        except SocketError:
+            self.server.server_close()
+            raise
         self.server.state = state
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="api",
                                        daemon=True)
@@ -481,8 +441,4 @@ class ApiServer:
         """Stop serving and remove the socket, unless another daemon's has replaced it."""
         self.server.shutdown()
         self.server.server_close()
-        try:
-            if os.lstat(self.path).st_ino == self.ino:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_socket(self.path, self.ino)

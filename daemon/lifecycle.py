@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 
@@ -225,6 +226,64 @@ def clear_stale_mount(mountpoint: str, apisock: str | None) -> None:
                            "stop its daemon first")
     log.warning("detaching the stale FUSE mount at %s left by a previous daemon", mountpoint)
     lazy_unmount(mountpoint)
+
+
+SUN_PATH_MAX = 108  # bytes of a Unix socket's path, its terminating NUL included
+
+
+class SocketError(RuntimeError):
+    """A Unix socket the daemon (or the supervisor) was told to serve cannot be bound."""
+
+
+def listen_unix(sock: socket.socket, path: str, what: str, backlog: int) -> int:
+    """Bind `sock` at `path` (mode 0600) and listen; return the socket file's inode (see
+    `remove_socket`). The file appears only once it listens: bound under a temporary name, then
+    renamed, so a client that waits for it is never refused. A stale socket there is replaced;
+    any other file is the user's, and stays (refused). A path too long for a socket address is
+    bound relative to the current directory, as nydusd binds the path given. Failing: a
+    SocketError naming `what` and the path."""
+    where = path if len(os.fsencode(path)) < SUN_PATH_MAX else os.path.relpath(path)
+    tmp = os.path.join(os.path.dirname(where), f".{os.path.basename(where)}.{os.getpid()}")
+    if len(os.fsencode(tmp)) >= SUN_PATH_MAX:  # no room for a longer name: bound in place
+        tmp = where
+    try:
+        _replace_stale_socket(where)
+        _replace_stale_socket(tmp)
+        old = os.umask(0o177)
+        try:
+            sock.bind(tmp)
+        finally:
+            os.umask(old)
+        try:
+            sock.listen(backlog)
+            os.chmod(tmp, 0o600)
+            if tmp != where:
+                os.rename(tmp, where)
+            return os.lstat(where).st_ino
+        except OSError:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise SocketError(f"cannot bind the {what} socket {path}: {e.strerror or e}") from None
+
+
+def remove_socket(path: str, ino: int) -> None:
+    """Remove the socket file `listen_unix` made, unless another process's has replaced it."""
+    try:
+        if os.lstat(path).st_ino == ino:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _replace_stale_socket(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):  # a mistyped path must not delete a user's file
+        raise OSError(errno.EEXIST, "a file that is not a socket is in the way")
+    os.unlink(path)
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOATIME = 1, 2, 4, 1024

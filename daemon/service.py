@@ -391,7 +391,8 @@ class Daemon:
 
         args = self.args
         if args.apisock and self.api is None:
-            from .api import ApiServer, ApiState, SocketError
+            from .api import ApiServer, ApiState
+            from .lifecycle import SocketError
 
             state = ApiState(args.id, args.supervisor, mountpoint, self.config.redacted(), ops,
                              self.store, control=self, config_id=self.config.id)

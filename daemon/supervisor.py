@@ -24,8 +24,8 @@ import signal
 import socket
 import sys
 
-from .api import SocketError, replace_socket
 from .handover import MAX_STATE, RECEIVER_HELLO, read_record
+from .lifecycle import SocketError, listen_unix, remove_socket
 
 log = logging.getLogger("pynydusd-supervisor")
 
@@ -41,17 +41,10 @@ class Supervisor:
         self.fd: int | None = None
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            replace_socket(path)  # a stale socket goes; a file that is not a socket stays
-            old = os.umask(0o177)
-            try:
-                self.sock.bind(path)
-            finally:
-                os.umask(old)
-            self.sock.listen(8)
-        except OSError as e:
+            self.ino = listen_unix(self.sock, path, "supervisor", 8)
+        except SocketError:
             self.sock.close()
-            raise SocketError(f"cannot bind the supervisor socket {path}: {e.strerror or e}") \
-                from None
+            raise
 
     def serve_one(self) -> None:
         """Accept one daemon and either store what it sends or send it what is stored."""
@@ -90,10 +83,7 @@ class Supervisor:
 
     def close(self) -> None:
         self.sock.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_socket(self.path, self.ino)
         if self.fd is not None:
             os.close(self.fd)
 
