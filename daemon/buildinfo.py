@@ -4,11 +4,8 @@ place of rustc."""
 
 from __future__ import annotations
 
-import datetime
 import functools
-import glob
 import os
-import platform
 
 VERSION = "0.1.0"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +51,9 @@ def _read(path: str, limit: int = 4096) -> str:
 
 def _build_time(root: str) -> str:
     """When the C hot path was built (its file's mtime, UTC); "" without one."""
+    import datetime
+    import glob
+
     built = glob.glob(os.path.join(root, "rafs", "_speedups*.so"))
     if not built:
         return ""
@@ -64,7 +64,10 @@ def _build_time(root: str) -> str:
 
 @functools.cache
 def build_info() -> dict[str, str]:
-    """{package_ver, git_commit, build_time, profile, rustc} of this installation."""
+    """{package_ver, git_commit, build_time, profile, rustc} of this installation (asked for by
+    `-V` and the API only: it reads files, so start-up does not)."""
+    import platform
+
     return {"package_ver": VERSION, "git_commit": _git_commit(_ROOT),
             "build_time": _build_time(_ROOT), "profile": "release",
             "rustc": f"none (pynydusd on {platform.python_implementation()} "

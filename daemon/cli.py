@@ -19,7 +19,14 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from .buildinfo import version_text
+
+class _Version(argparse.Action):
+    """-V: the version block, put together only when asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .buildinfo import version_text
+
+        parser.exit(message=version_text(parser.prog) + "\n")
 
 
 class StartupError(RuntimeError):
@@ -90,7 +97,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--rlimit-nofile", type=int, default=1_000_000,
                    help="raise RLIMIT_NOFILE (soft and hard) to this, as nydusd does; 0: leave it")
     p.add_argument("-s", "--shared-dir", help="not supported (passthrough)")
-    p.add_argument("-V", "--version", action="version", version=version_text(prog))
+    p.add_argument("-V", "--version", action=_Version, nargs=0, help="print the build and exit")
     return p
 
 
