@@ -26,7 +26,8 @@ class _Version(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from .buildinfo import version_text
 
-        parser.exit(message=version_text(parser.prog) + "\n")
+        print(version_text(parser.prog))  # (on stdout, as argparse's own version action)
+        parser.exit()
 
 
 class StartupError(RuntimeError):
