@@ -100,7 +100,7 @@ class Daemon:
         st = cfg.storage
         with naming(f"cache work_dir {st.work_dir}" if st.cache_type else
                     f"{st.backend_type} backend"):
-            self.store = BlobStore(image, cfg.storage)
+            self.store = BlobStore(image, st)
         # until trio listens (and after it stops), a SIGTERM/SIGINT is recorded, never fatal:
         # the mount must always be detached on the way out
         if self.signalled:  # asked to stop before anything was mounted
